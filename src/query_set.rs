@@ -1,0 +1,112 @@
+//! [`QuerySet`]: the shapes of dashboards [`FanOut::run`] accepts: tuples of
+//! 1 to 12 queries of any types, and `Vec`s of one query type.
+
+use std::future::Future;
+
+use crate::query_job::{QueryJob, into_outcome, run_queries};
+use crate::{DashboardQuery, FanOut, Outcome, TenantId};
+
+/// A set of [`DashboardQuery`] values that [`FanOut::run`] can run as one
+/// dashboard: a tuple of 1 to 12 queries (each its own type), or a `Vec` of
+/// queries of one type.
+///
+/// Sealed: the crate implements it for those shapes only.
+///
+/// # Examples
+///
+/// ```
+/// use fanout::{DashboardQuery, FanOut, Outcome, QueryContext, QuerySet, TenantId};
+///
+/// struct Constant(&'static str, i64);
+///
+/// impl DashboardQuery for Constant {
+///     type Output = i64;
+///     type Error = std::convert::Infallible;
+///     fn name(&self) -> &'static str { self.0 }
+///     async fn run(&self, _ctx: QueryContext) -> Result<i64, Self::Error> { Ok(self.1) }
+///     fn fallback(&self) -> i64 { 0 }
+/// }
+///
+/// // A tuple gives a tuple of outcomes, each with its own value type.
+/// fn outcomes_of<Q: QuerySet>(_: &Q) {}
+/// outcomes_of(&(Constant("a", 1), Constant("b", 2)));
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), fanout::InvalidTenantId> {
+/// let tenant = TenantId::new("t1")?;
+/// let (a, b): (Outcome<i64>, Outcome<i64>) =
+///     FanOut::new().run(&tenant, (Constant("a", 1), Constant("b", 2))).await;
+/// assert_eq!(a.value + b.value, 3);
+/// # Ok(()) }
+/// ```
+pub trait QuerySet: sealed::Sealed {
+    /// What [`FanOut::run`] returns for this set: a tuple of
+    /// [`Outcome`]s for a tuple, `Vec<Outcome<_>>` for a `Vec`.
+    type Outcomes;
+
+    /// Runs the set; call [`FanOut::run`] instead.
+    #[doc(hidden)]
+    fn run_set(self, fan_out: &FanOut, tenant: &TenantId) -> impl Future<Output = Self::Outcomes> + Send;
+}
+
+pub(crate) mod sealed {
+    // `pub` in a private module: nameable in the public trait's bounds,
+    // unreachable from outside, which is what seals `QuerySet`.
+    #[allow(unreachable_pub)]
+    pub trait Sealed {}
+}
+
+impl<Q: DashboardQuery> sealed::Sealed for Vec<Q> {}
+
+impl<Q: DashboardQuery> QuerySet for Vec<Q> {
+    type Outcomes = Vec<Outcome<Q::Output>>;
+
+    async fn run_set(self, fan_out: &FanOut, tenant: &TenantId) -> Self::Outcomes {
+        let names: Vec<&'static str> = self.iter().map(|q| q.name()).collect();
+        let mut slots: Vec<Option<Q::Output>> = self.iter().map(|_| None).collect();
+        // Collected so the future holds no closure type: keeps it `Send`.
+        let jobs: Vec<QueryJob<'_>> = self
+            .iter()
+            .zip(slots.iter_mut())
+            .map(|(query, slot)| QueryJob::new(query, slot, tenant))
+            .collect();
+        let reports = run_queries(fan_out, tenant, &names, jobs).await;
+        self.iter()
+            .zip(slots)
+            .zip(reports)
+            .map(|((query, slot), report)| into_outcome(query, slot, report))
+            .collect()
+    }
+}
+
+macro_rules! tuple_query_set {
+    ($($query:ident $slot:ident $ty:ident),+) => {
+        impl<$($ty: DashboardQuery),+> sealed::Sealed for ($($ty,)+) {}
+
+        impl<$($ty: DashboardQuery),+> QuerySet for ($($ty,)+) {
+            type Outcomes = ($(Outcome<$ty::Output>,)+);
+
+            async fn run_set(self, fan_out: &FanOut, tenant: &TenantId) -> Self::Outcomes {
+                let ($($query,)+) = self;
+                $(let mut $slot: Option<$ty::Output> = None;)+
+                let names = [$($query.name()),+];
+                let jobs = [$(QueryJob::new(&$query, &mut $slot, tenant)),+];
+                let mut reports = run_queries(fan_out, tenant, &names, jobs).await.into_iter();
+                ($(into_outcome(&$query, $slot, reports.next().unwrap_or_else(crate::query_job::Report::missing)),)+)
+            }
+        }
+    };
+}
+
+tuple_query_set!(q1 s1 Q1);
+tuple_query_set!(q1 s1 Q1, q2 s2 Q2);
+tuple_query_set!(q1 s1 Q1, q2 s2 Q2, q3 s3 Q3);
+tuple_query_set!(q1 s1 Q1, q2 s2 Q2, q3 s3 Q3, q4 s4 Q4);
+tuple_query_set!(q1 s1 Q1, q2 s2 Q2, q3 s3 Q3, q4 s4 Q4, q5 s5 Q5);
+tuple_query_set!(q1 s1 Q1, q2 s2 Q2, q3 s3 Q3, q4 s4 Q4, q5 s5 Q5, q6 s6 Q6);
+tuple_query_set!(q1 s1 Q1, q2 s2 Q2, q3 s3 Q3, q4 s4 Q4, q5 s5 Q5, q6 s6 Q6, q7 s7 Q7);
+tuple_query_set!(q1 s1 Q1, q2 s2 Q2, q3 s3 Q3, q4 s4 Q4, q5 s5 Q5, q6 s6 Q6, q7 s7 Q7, q8 s8 Q8);
+tuple_query_set!(q1 s1 Q1, q2 s2 Q2, q3 s3 Q3, q4 s4 Q4, q5 s5 Q5, q6 s6 Q6, q7 s7 Q7, q8 s8 Q8, q9 s9 Q9);
+tuple_query_set!(q1 s1 Q1, q2 s2 Q2, q3 s3 Q3, q4 s4 Q4, q5 s5 Q5, q6 s6 Q6, q7 s7 Q7, q8 s8 Q8, q9 s9 Q9, q10 s10 Q10);
+tuple_query_set!(q1 s1 Q1, q2 s2 Q2, q3 s3 Q3, q4 s4 Q4, q5 s5 Q5, q6 s6 Q6, q7 s7 Q7, q8 s8 Q8, q9 s9 Q9, q10 s10 Q10, q11 s11 Q11);
+tuple_query_set!(q1 s1 Q1, q2 s2 Q2, q3 s3 Q3, q4 s4 Q4, q5 s5 Q5, q6 s6 Q6, q7 s7 Q7, q8 s8 Q8, q9 s9 Q9, q10 s10 Q10, q11 s11 Q11, q12 s12 Q12);
