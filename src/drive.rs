@@ -148,7 +148,11 @@ where
 
     /// Starts inputs while the limits allow; returns an input that settled
     /// without starting (the limiter was closed), if any.
-    fn start_inputs(&mut self, now: Instant, cx: &mut Context<'_>) -> Option<Finished<J::Ok, J::Err>> {
+    fn start_inputs(
+        &mut self,
+        now: Instant,
+        cx: &mut Context<'_>,
+    ) -> Option<Finished<J::Ok, J::Err>> {
         let (deadline_at, per_item) = match &self.clock {
             Some(clock) => (clock.deadline_at, clock.per_item),
             None => return None,
@@ -169,12 +173,15 @@ where
                     }
                 },
             };
-            let Some((index, job)) = self.pending.next() else { break };
+            let Some((index, job)) = self.pending.next() else {
+                break;
+            };
             let expiry = job.timeout().or(per_item).and_then(|t| now.checked_add(t));
             // Its own timer only when it would fire before the shared one.
             let own_timer = expiry.filter(|&at| deadline_at.is_none_or(|d| at < d));
             let input = job.start(earliest(expiry, deadline_at));
-            self.in_flight.push(Running::new(input, index, now, own_timer, permit));
+            self.in_flight
+                .push(Running::new(input, index, now, own_timer, permit));
         }
         None
     }

@@ -309,7 +309,9 @@ impl FanOut {
             fallbacks.push(fallback);
             future
         });
-        let settled = self.settle_logged(futures, |e| Some(e as &dyn Display)).await;
+        let settled = self
+            .settle_logged(futures, |e| Some(e as &dyn Display))
+            .await;
         settled
             .into_iter()
             .zip(fallbacks)
@@ -383,7 +385,12 @@ impl FanOut {
         let span = tracing::debug_span!("fan_out", inputs = results.capacity());
         async {
             let mut drive = drive;
-            while let Some(Finished { index, settled, elapsed }) = drive.next().await {
+            while let Some(Finished {
+                index,
+                settled,
+                elapsed,
+            }) = drive.next().await
+            {
                 log::input_settled(index, &settled, elapsed, &error);
                 results.place(index, settled);
             }

@@ -38,7 +38,12 @@ pub(crate) fn input_settled<T, E>(
 }
 
 /// A query of [`FanOut::run`](crate::FanOut::run).
-pub(crate) fn query_settled(tenant: &TenantId, query: &'static str, settled: &Settled<(), BoxError>, elapsed: Duration) {
+pub(crate) fn query_settled(
+    tenant: &TenantId,
+    query: &'static str,
+    settled: &Settled<(), BoxError>,
+    elapsed: Duration,
+) {
     let tenant = tenant.as_str();
     let outcome = settled.label();
     let elapsed_ms = millis(elapsed);
@@ -50,6 +55,12 @@ pub(crate) fn query_settled(tenant: &TenantId, query: &'static str, settled: &Se
         Settled::Err(e) => {
             tracing::warn!(tenant, query, outcome, elapsed_ms, error = %e, "query failed; using its fallback")
         }
-        _ => tracing::warn!(tenant, query, outcome, elapsed_ms, "query failed; using its fallback"),
+        _ => tracing::warn!(
+            tenant,
+            query,
+            outcome,
+            elapsed_ms,
+            "query failed; using its fallback"
+        ),
     }
 }

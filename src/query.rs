@@ -80,7 +80,10 @@ pub trait DashboardQuery: Send + Sync {
     /// deadline passes; [`QueryContext::deadline`] says when that will be,
     /// so work outside this process (a database statement) can be given
     /// the same limit.
-    fn run(&self, ctx: QueryContext) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
+    fn run(
+        &self,
+        ctx: QueryContext,
+    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
 
     /// The value the widget shows when the query fails, times out or
     /// panics.
@@ -103,7 +106,10 @@ impl<Q: DashboardQuery> DashboardQuery for &Q {
         (**self).name()
     }
 
-    fn run(&self, ctx: QueryContext) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send {
+    fn run(
+        &self,
+        ctx: QueryContext,
+    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send {
         (**self).run(ctx)
     }
 

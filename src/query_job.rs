@@ -12,9 +12,15 @@ use tracing::Instrument;
 use crate::drive::{Drive, Finished, Job};
 use crate::in_order::InOrder;
 use crate::log;
-use crate::{BoxError, DashboardQuery, FanOut, Failure, Outcome, QueryContext, Settled, Source, TenantId};
+use crate::{
+    BoxError, DashboardQuery, Failure, FanOut, Outcome, QueryContext, Settled, Source, TenantId,
+};
 
-type Start<'a> = Box<dyn FnOnce(QueryContext) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>> + Send + 'a>;
+type Start<'a> = Box<
+    dyn FnOnce(QueryContext) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>
+        + Send
+        + 'a,
+>;
 
 /// A query bound to the slot its value goes to, type-erased so that the
 /// queries of a tuple can share one engine.
@@ -25,7 +31,11 @@ pub(crate) struct QueryJob<'a> {
 }
 
 impl<'a> QueryJob<'a> {
-    pub(crate) fn new<Q: DashboardQuery>(query: &'a Q, slot: &'a mut Option<Q::Output>, tenant: &TenantId) -> Self {
+    pub(crate) fn new<Q: DashboardQuery>(
+        query: &'a Q,
+        slot: &'a mut Option<Q::Output>,
+        tenant: &TenantId,
+    ) -> Self {
         let name = query.name();
         Self {
             timeout: query.timeout(),
@@ -69,7 +79,12 @@ pub(crate) struct Report {
 
 /// Runs the jobs as one fan-out for `tenant`, logging each query as it
 /// settles; returns one report per job, in input order.
-pub(crate) async fn run_queries<'a, I>(fan_out: &FanOut, tenant: &TenantId, names: &[&'static str], jobs: I) -> Vec<Report>
+pub(crate) async fn run_queries<'a, I>(
+    fan_out: &FanOut,
+    tenant: &TenantId,
+    names: &[&'static str],
+    jobs: I,
+) -> Vec<Report>
 where
     I: IntoIterator<Item = QueryJob<'a>>,
 {
@@ -77,7 +92,12 @@ where
     async {
         let mut reports = InOrder::with_capacity(names.len());
         let mut drive = Drive::new(fan_out, jobs.into_iter());
-        while let Some(Finished { index, settled, elapsed }) = drive.next().await {
+        while let Some(Finished {
+            index,
+            settled,
+            elapsed,
+        }) = drive.next().await
+        {
             let name = names.get(index).copied().unwrap_or("unnamed");
             log::query_settled(tenant, name, &settled, elapsed);
             reports.place(index, Report { settled, elapsed });
@@ -90,7 +110,11 @@ where
 
 /// Turns a query's report and slot into its outcome, calling its fallback
 /// when it failed.
-pub(crate) fn into_outcome<Q: DashboardQuery>(query: &Q, slot: Option<Q::Output>, report: Report) -> Outcome<Q::Output> {
+pub(crate) fn into_outcome<Q: DashboardQuery>(
+    query: &Q,
+    slot: Option<Q::Output>,
+    report: Report,
+) -> Outcome<Q::Output> {
     let failure = match report.settled {
         Settled::Ok(()) => match slot {
             Some(value) => return Outcome::new(value, Source::Fresh, report.elapsed),

@@ -46,7 +46,11 @@ pub trait QuerySet: sealed::Sealed {
 
     /// Runs the set; call [`FanOut::run`] instead.
     #[doc(hidden)]
-    fn run_set(self, fan_out: &FanOut, tenant: &TenantId) -> impl Future<Output = Self::Outcomes> + Send;
+    fn run_set(
+        self,
+        fan_out: &FanOut,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Self::Outcomes> + Send;
 }
 
 pub(crate) mod sealed {

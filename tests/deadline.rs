@@ -1,0 +1,113 @@
+//! The overall deadline: counted from the fan-out's start; running inputs are
+//! dropped, inputs not yet started are never polled.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use fanout::{FanOut, Settled};
+use tokio::time::{Instant, sleep};
+
+#[tokio::test(start_paused = true)]
+async fn inputs_not_started_by_the_deadline_are_never_polled() {
+    let polled = Arc::new(AtomicUsize::new(0));
+    let inputs = (0..5).map(|i| {
+        let polled = Arc::clone(&polled);
+        async move {
+            polled.fetch_add(1, Ordering::SeqCst);
+            sleep(Duration::from_millis(400)).await;
+            Ok::<_, ()>(i)
+        }
+    });
+    let fan_out = FanOut::new()
+        .deadline(Duration::from_secs(1))
+        .concurrency(NonZeroUsize::new(2).unwrap());
+    let started = Instant::now();
+    let settled = fan_out.settle(inputs).await;
+    // 0 and 1 run 0-400 ms, 2 and 3 run 400-800 ms, 4 starts at 800 ms and
+    // is cut at 1000 ms.
+    assert_eq!(
+        settled,
+        [
+            Settled::Ok(0),
+            Settled::Ok(1),
+            Settled::Ok(2),
+            Settled::Ok(3),
+            Settled::DeadlineExceeded
+        ]
+    );
+    assert_eq!(polled.load(Ordering::SeqCst), 5);
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+
+    let polled_before = polled.load(Ordering::SeqCst);
+    let inputs = (0..5).map(|i| {
+        let polled = Arc::clone(&polled);
+        async move {
+            polled.fetch_add(1, Ordering::SeqCst);
+            sleep(Duration::from_millis(600)).await;
+            Ok::<_, ()>(i)
+        }
+    });
+    let settled = fan_out.settle(inputs).await;
+    // 0 and 1 finish at 600 ms; 2 and 3 are cut at 1000 ms; 4 never starts.
+    assert_eq!(
+        settled,
+        [
+            Settled::Ok(0),
+            Settled::Ok(1),
+            Settled::DeadlineExceeded,
+            Settled::DeadlineExceeded,
+            Settled::DeadlineExceeded
+        ]
+    );
+    assert_eq!(polled.load(Ordering::SeqCst) - polled_before, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_is_counted_from_the_first_poll_not_from_creation() {
+    let fan_out = FanOut::new().deadline(Duration::from_millis(500));
+    let pending = fan_out.settle([async {
+        sleep(Duration::from_millis(400)).await;
+        Ok::<_, ()>(())
+    }]);
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(pending.await, [Settled::Ok(())]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_earlier_timeout_is_a_timeout_and_a_later_one_loses_to_the_deadline() {
+    let hang = || async { std::future::pending::<Result<(), ()>>().await };
+    let settled = FanOut::new()
+        .timeout(Duration::from_secs(1))
+        .deadline(Duration::from_secs(2))
+        .settle([hang()])
+        .await;
+    assert_eq!(settled, [Settled::TimedOut]);
+
+    let started = Instant::now();
+    let settled = FanOut::new()
+        .timeout(Duration::from_secs(5))
+        .deadline(Duration::from_secs(2))
+        .settle([hang(), hang()])
+        .await;
+    assert_eq!(
+        settled,
+        [Settled::DeadlineExceeded, Settled::DeadlineExceeded]
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_alone_stops_inputs_without_a_timeout() {
+    let started = Instant::now();
+    let settled = FanOut::new()
+        .deadline(Duration::from_millis(750))
+        .settle([
+            Box::pin(async { Ok::<_, ()>(1) }) as futures_util::future::BoxFuture<'_, _>,
+            Box::pin(std::future::pending()),
+        ])
+        .await;
+    assert_eq!(settled, [Settled::Ok(1), Settled::DeadlineExceeded]);
+    assert_eq!(started.elapsed(), Duration::from_millis(750));
+}

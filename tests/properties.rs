@@ -1,0 +1,203 @@
+//! Property tests of the engine's invariants, in virtual time: whatever the
+//! mix of inputs and limits, exactly one result per input, in input order,
+//! each consistent with what the input did.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanout::{FanOut, Settled};
+use proptest::prelude::*;
+use tokio::sync::Semaphore;
+use tokio::time::sleep;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Ok,
+    Err,
+    Panic,
+    Never,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Input {
+    kind: Kind,
+    /// Always 10k + 1 ms, so it never ties with a timeout or deadline
+    /// (multiples of 10 ms) in the exact model below.
+    latency: u64,
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    (
+        prop_oneof![
+            Just(Kind::Ok),
+            Just(Kind::Err),
+            Just(Kind::Panic),
+            Just(Kind::Never)
+        ],
+        prop_oneof![Just(0_u64), (0_u64..40).prop_map(|k| k * 10 + 1)],
+    )
+        .prop_map(|(kind, latency)| Input { kind, latency })
+}
+
+#[derive(Clone, Debug)]
+struct Plan {
+    timeout: Option<u64>,
+    deadline: Option<u64>,
+    concurrency: Option<usize>,
+    limiter: Option<usize>,
+}
+
+fn plan() -> impl Strategy<Value = Plan> {
+    (
+        proptest::option::of((0_u64..50).prop_map(|k| k * 10)),
+        proptest::option::of((0_u64..100).prop_map(|k| k * 10)),
+        proptest::option::of(1_usize..6),
+        proptest::option::of(1_usize..6),
+    )
+        .prop_map(|(timeout, deadline, concurrency, limiter)| Plan {
+            timeout,
+            deadline,
+            concurrency,
+            limiter,
+        })
+}
+
+fn fan_out(plan: &Plan) -> FanOut {
+    let mut fan_out = FanOut::new();
+    if let Some(ms) = plan.timeout {
+        fan_out = fan_out.timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = plan.deadline {
+        fan_out = fan_out.deadline(Duration::from_millis(ms));
+    }
+    if let Some(n) = plan.concurrency {
+        fan_out = fan_out.concurrency(NonZeroUsize::new(n).unwrap());
+    }
+    if let Some(permits) = plan.limiter {
+        fan_out = fan_out.limiter(Arc::new(Semaphore::new(permits)));
+    }
+    fan_out
+}
+
+async fn run_input(index: usize, input: Input) -> Result<usize, usize> {
+    if input.latency > 0 {
+        sleep(Duration::from_millis(input.latency)).await;
+    }
+    match input.kind {
+        Kind::Ok => Ok(index),
+        Kind::Err => Err(index),
+        Kind::Panic => panic!("input {index} panicked"),
+        Kind::Never => std::future::pending().await,
+    }
+}
+
+fn settle(plan: &Plan, inputs: &[Input]) -> Vec<Settled<usize, usize>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let fan_out = fan_out(plan);
+    runtime.block_on(
+        fan_out.settle(
+            inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| run_input(i, *input)),
+        ),
+    )
+}
+
+/// What an input must settle as when every input starts at time zero.
+fn expected_when_all_start_together(
+    plan: &Plan,
+    input: Input,
+    index: usize,
+) -> Settled<usize, usize> {
+    let cut = match (plan.timeout, plan.deadline) {
+        (Some(t), Some(d)) if t <= d => Some((t, Settled::TimedOut)),
+        (_, Some(d)) => Some((d, Settled::DeadlineExceeded)),
+        (Some(t), None) => Some((t, Settled::TimedOut)),
+        (None, None) => None,
+    };
+    let ends = match input.kind {
+        Kind::Ok => Settled::Ok(index),
+        Kind::Err => Settled::Err(index),
+        Kind::Panic => Settled::Panicked(format!("input {index} panicked")),
+        Kind::Never => {
+            return cut
+                .map(|(_, s)| s)
+                .expect("never-ending inputs only run under a limit");
+        }
+    };
+    match cut {
+        Some((at, cut)) if input.latency > at => cut,
+        _ => ends,
+    }
+}
+
+fn quiet_panics() {
+    // The inputs panic on purpose; keep the test output readable.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn one_result_per_input_in_order_consistent_with_the_input(
+        inputs in proptest::collection::vec(input(), 0..24),
+        plan in plan(),
+    ) {
+        quiet_panics();
+        let mut inputs = inputs;
+        if plan.timeout.is_none() && plan.deadline.is_none() {
+            // Nothing would ever stop a never-ending input.
+            for input in &mut inputs {
+                if input.kind == Kind::Never { input.kind = Kind::Ok; }
+            }
+        }
+        let settled = settle(&plan, &inputs);
+        prop_assert_eq!(settled.len(), inputs.len());
+
+        for (index, (input, result)) in inputs.iter().zip(&settled).enumerate() {
+            match result {
+                Settled::Ok(i) => prop_assert!(*i == index && input.kind == Kind::Ok),
+                Settled::Err(i) => prop_assert!(*i == index && input.kind == Kind::Err),
+                Settled::Panicked(message) => {
+                    prop_assert_eq!(message, &format!("input {index} panicked"));
+                    prop_assert_eq!(input.kind, Kind::Panic);
+                }
+                Settled::TimedOut => prop_assert!(plan.timeout.is_some()),
+                Settled::DeadlineExceeded => prop_assert!(plan.deadline.is_some()),
+                other => prop_assert!(false, "unexpected {:?}", other),
+            }
+            // A ready input never times out.
+            if input.latency == 0 && input.kind != Kind::Never {
+                prop_assert!(!matches!(result, Settled::TimedOut), "ready input {} timed out", index);
+            }
+        }
+
+        if plan.concurrency.is_none() && plan.limiter.is_none() {
+            for (index, (input, result)) in inputs.iter().zip(&settled).enumerate() {
+                prop_assert_eq!(result, &expected_when_all_start_together(&plan, *input, index), "input {}", index);
+            }
+        }
+    }
+
+    #[test]
+    fn sequential_gives_the_same_results_as_concurrent(
+        inputs in proptest::collection::vec(input(), 0..16),
+    ) {
+        quiet_panics();
+        let inputs: Vec<Input> = inputs
+            .into_iter()
+            .map(|i| if i.kind == Kind::Never { Input { kind: Kind::Ok, ..i } } else { i })
+            .collect();
+        let unlimited = Plan { timeout: None, deadline: None, concurrency: None, limiter: None };
+        let sequential = Plan { concurrency: Some(1), ..unlimited.clone() };
+        prop_assert_eq!(settle(&unlimited, &inputs), settle(&sequential, &inputs));
+    }
+}
