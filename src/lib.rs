@@ -138,3 +138,8 @@ pub use query::{DashboardQuery, QueryContext};
 pub use query_set::QuerySet;
 pub use settled::{Settled, join_all_settled_with_timeout, join_all_with_defaults};
 pub use tenant::{InvalidTenantId, TenantId};
+
+// Compiles and runs the README's examples as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
