@@ -125,6 +125,9 @@ mod fan_out;
 mod in_order;
 mod log;
 mod outcome;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 mod query;
 mod query_job;
 mod query_set;

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use crate::{BoxError, Settled, TenantId};
 
+/// Milliseconds with microsecond precision (`12.345`), not float noise.
 fn millis(elapsed: Duration) -> f64 {
-    elapsed.as_secs_f64() * 1e3
+    elapsed.as_micros() as f64 / 1e3
 }
 
 /// An input of a free function, [`FanOut::settle`](crate::FanOut::settle)

@@ -1,0 +1,173 @@
+//! `--bench`: the dashboard under load. C clients share one pool and one
+//! limiter and run a fixed number of dashboards, loaded sequentially and
+//! then concurrently, spread over every tenant.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fanout::{FanOut, TenantId};
+
+use crate::cli::Args;
+use crate::stats::{self, Samples};
+use crate::widgets::{self, Dashboard};
+
+/// What one load run measured.
+#[derive(Default)]
+struct Load {
+    whole: Samples,
+    per_query: Vec<Samples>,
+    wall: Duration,
+    degraded: usize,
+}
+
+pub async fn run(
+    args: &Args,
+    dashboard: Arc<Dashboard>,
+    sequential: &FanOut,
+    concurrent: &FanOut,
+    tenants: &[TenantId],
+) -> Result<(), String> {
+    let tenants: Arc<[TenantId]> = tenants.into();
+    // Fill the pool and prepare every statement before anything is timed.
+    for _ in 0..args.pool {
+        concurrent.run(&tenants[0], widgets::refs(&dashboard)).await;
+    }
+    let single = (args.dashboards / 4).max(50);
+    println!(
+        "load: pool {} with a shared limiter of {} permits, {} tenants; timeout {} ms, deadline {} ms\n",
+        args.pool,
+        args.pool,
+        tenants.len(),
+        args.timeout_ms,
+        args.deadline_ms
+    );
+    println!(
+        "| clients | loading    | dashboards | dashboards/s |        p50 |        p95 |        p99 | degraded widgets |"
+    );
+    println!(
+        "|--------:|------------|-----------:|-------------:|-----------:|-----------:|-----------:|-----------------:|"
+    );
+    let mut results = Vec::new();
+    for (clients, total) in [(1, single), (args.clients, args.dashboards)] {
+        for (name, fan_out) in [("sequential", sequential), ("concurrent", concurrent)] {
+            let load = load(fan_out, &dashboard, &tenants, clients, total).await;
+            println!(
+                "| {clients:>7} | {name:<10} | {:>10} | {:>12.1} | {:>10} | {:>10} | {:>10} | {:>16} |",
+                load.whole.len(),
+                load.whole.len() as f64 / load.wall.as_secs_f64(),
+                stats::ms(load.whole.p(50)),
+                stats::ms(load.whole.p(95)),
+                stats::ms(load.whole.p(99)),
+                load.degraded,
+            );
+            results.push((clients, name, load));
+        }
+    }
+
+    let one_client = |mode: &str| {
+        results
+            .iter()
+            .find(|(c, n, _)| *c == 1 && *n == mode)
+            .map(|(_, _, l)| l)
+    };
+    if let (Some(seq), Some(conc)) = (one_client("sequential"), one_client("concurrent")) {
+        let slowest_p95 = seq
+            .per_query
+            .iter()
+            .map(|s| s.p(95))
+            .max()
+            .unwrap_or_default();
+        let medians: Vec<Duration> = seq.per_query.iter().map(|s| s.p(50)).collect();
+        let sum: Duration = medians.iter().sum();
+        let slowest = medians.iter().max().copied().unwrap_or_default();
+        println!(
+            "\n1 client: concurrent p95 {} is {:.2}x the slowest single query's p95 ({}); speedup {:.2}x measured at p50, {:.2}x ideal (sum of query p50s / slowest)",
+            stats::ms(conc.whole.p(95)),
+            stats::ratio(conc.whole.p(95), slowest_p95),
+            stats::ms(slowest_p95),
+            stats::ratio(seq.whole.p(50), conc.whole.p(50)),
+            stats::ratio(sum, slowest),
+        );
+    }
+    let many = |mode: &str| {
+        results
+            .iter()
+            .find(|(c, n, _)| *c == args.clients && *n == mode)
+            .map(|(_, _, l)| l)
+    };
+    if let (Some(seq), Some(conc)) = (many("sequential"), many("concurrent")) {
+        let throughput = |l: &Load| l.whole.len() as f64 / l.wall.as_secs_f64();
+        println!(
+            "{} clients: concurrent throughput is {:.2}x sequential's",
+            args.clients,
+            throughput(conc) / throughput(seq)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `total` dashboards from `clients` tasks, tenant after tenant.
+async fn load(
+    fan_out: &FanOut,
+    dashboard: &Arc<Dashboard>,
+    tenants: &Arc<[TenantId]>,
+    clients: usize,
+    total: usize,
+) -> Load {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (fan_out, dashboard, tenants, next) = (
+                fan_out.clone(),
+                Arc::clone(dashboard),
+                Arc::clone(tenants),
+                Arc::clone(&next),
+            );
+            tokio::spawn(async move {
+                let mut load = Load {
+                    per_query: vec![Samples::default(); widgets::NAMES.len()],
+                    ..Load::default()
+                };
+                loop {
+                    let ticket = next.fetch_add(1, Ordering::Relaxed);
+                    if ticket >= total {
+                        return load;
+                    }
+                    let tenant = &tenants[ticket % tenants.len()];
+                    let begun = Instant::now();
+                    let (a, b, c, d, e, f) = fan_out.run(tenant, widgets::refs(&dashboard)).await;
+                    load.whole.push(begun.elapsed());
+                    let each = [
+                        (a.elapsed, a.is_fresh()),
+                        (b.elapsed, b.is_fresh()),
+                        (c.elapsed, c.is_fresh()),
+                        (d.elapsed, d.is_fresh()),
+                        (e.elapsed, e.is_fresh()),
+                        (f.elapsed, f.is_fresh()),
+                    ];
+                    for (samples, (elapsed, fresh)) in load.per_query.iter_mut().zip(each) {
+                        samples.push(elapsed);
+                        load.degraded += usize::from(!fresh);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = Load {
+        per_query: vec![Samples::default(); widgets::NAMES.len()],
+        ..Load::default()
+    };
+    for task in tasks {
+        if let Ok(part) = task.await {
+            all.whole.extend(part.whole);
+            all.degraded += part.degraded;
+            for (mine, theirs) in all.per_query.iter_mut().zip(part.per_query) {
+                mine.extend(theirs);
+            }
+        }
+    }
+    all.wall = started.elapsed();
+    all
+}

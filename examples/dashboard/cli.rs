@@ -1,0 +1,134 @@
+//! Command-line flags of the dashboard example.
+
+use std::collections::BTreeSet;
+
+use crate::widgets::NAMES;
+
+pub const USAGE: &str = "\
+usage: cargo run --example dashboard -- [options]
+
+Runs the six-widget tenant dashboard against PostgreSQL: once with each
+widget's value, source and latency, then sequentially and concurrently over
+several rounds. Uses DATABASE_URL when set, else a throw-away PostgreSQL.
+
+options:
+  --tenants N          tenants to seed (default 20: about 520k invoices, 585k payments)
+  --tenant ID          tenant whose dashboard is shown (default tenant-0001)
+  --rounds N           rounds of each of sequential and concurrent (default 30; 5 with the flags below)
+  --slow-query NAME    that widget's query sleeps on the server past its timeout (repeatable)
+  --break-query NAME   that widget's query fails (repeatable)
+  --timeout MS         each query's timeout (default 2000)
+  --deadline MS        the whole dashboard's deadline (default 3000)
+  --pool N             connections in the pool, and permits of the shared limiter (default 10)
+  --bench              load mode: concurrent clients for a fixed number of dashboards
+  --clients C          --bench: concurrent clients (default 32)
+  --dashboards N       --bench: dashboards per mode (default 2000)
+  -h, --help           this text
+
+widgets: total_revenue, outstanding, child_count, invoice_stats, recent_payments, arrears";
+
+#[derive(Clone, Debug)]
+pub struct Args {
+    pub tenants: u32,
+    pub tenant: String,
+    pub rounds: usize,
+    pub slow: BTreeSet<&'static str>,
+    pub broken: BTreeSet<&'static str>,
+    pub timeout_ms: u64,
+    pub deadline_ms: u64,
+    pub pool: usize,
+    pub bench: bool,
+    pub clients: usize,
+    pub dashboards: usize,
+}
+
+/// What the command line asked for.
+pub enum Parsed {
+    Run(Args),
+    Help,
+}
+
+pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parsed, String> {
+    use lexopt::prelude::*;
+
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut rounds = None;
+    let mut parsed = Args {
+        tenants: 20,
+        tenant: "tenant-0001".to_owned(),
+        rounds: 30,
+        slow: BTreeSet::new(),
+        broken: BTreeSet::new(),
+        timeout_ms: 2000,
+        deadline_ms: 3000,
+        pool: 10,
+        bench: false,
+        clients: 32,
+        dashboards: 2000,
+    };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("tenants") => parsed.tenants = positive(&mut parser, "--tenants")?,
+            Long("tenant") => parsed.tenant = text(&mut parser, "--tenant")?,
+            Long("rounds") => rounds = Some(positive(&mut parser, "--rounds")?),
+            Long("slow-query") => {
+                parsed.slow.insert(widget(&mut parser, "--slow-query")?);
+            }
+            Long("break-query") => {
+                parsed.broken.insert(widget(&mut parser, "--break-query")?);
+            }
+            Long("timeout") => parsed.timeout_ms = positive(&mut parser, "--timeout")?,
+            Long("deadline") => parsed.deadline_ms = positive(&mut parser, "--deadline")?,
+            Long("pool") => parsed.pool = positive(&mut parser, "--pool")?,
+            Long("bench") => parsed.bench = true,
+            Long("clients") => parsed.clients = positive(&mut parser, "--clients")?,
+            Long("dashboards") => parsed.dashboards = positive(&mut parser, "--dashboards")?,
+            Short('h') | Long("help") => return Ok(Parsed::Help),
+            other => return Err(format!("{}; see --help", other.unexpected())),
+        }
+    }
+    if let Some(both) = parsed.slow.intersection(&parsed.broken).next() {
+        return Err(format!(
+            "{both} is both --slow-query and --break-query; pick one"
+        ));
+    }
+    let degraded = !parsed.slow.is_empty() || !parsed.broken.is_empty();
+    parsed.rounds = rounds.unwrap_or(if degraded { 5 } else { 30 });
+    Ok(Parsed::Run(parsed))
+}
+
+fn text(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
+    let value = parser
+        .value()
+        .map_err(|_| format!("{flag} needs a value"))?;
+    value
+        .into_string()
+        .map_err(|v| format!("{flag}: {v:?} is not valid UTF-8"))
+}
+
+fn positive<N: std::str::FromStr + PartialOrd + Default>(
+    parser: &mut lexopt::Parser,
+    flag: &str,
+) -> Result<N, String> {
+    let value = text(parser, flag)?;
+    match value.parse::<N>() {
+        Ok(n) if n > N::default() => Ok(n),
+        _ => Err(format!(
+            "{flag} takes a positive whole number, not {value:?}"
+        )),
+    }
+}
+
+fn widget(parser: &mut lexopt::Parser, flag: &str) -> Result<&'static str, String> {
+    let value = text(parser, flag)?;
+    NAMES
+        .iter()
+        .find(|name| **name == value)
+        .copied()
+        .ok_or_else(|| {
+            format!(
+                "{flag}: unknown widget {value:?}; expected one of {}",
+                NAMES.join(", ")
+            )
+        })
+}
