@@ -371,6 +371,51 @@ impl FanOut {
         queries.run_set(self, tenant).await
     }
 
+    /// Runs every future concurrently and yields each one's index and
+    /// result as soon as it settles, in completion order: the progressive
+    /// form of [`settle`](Self::settle), for painting fast widgets first.
+    ///
+    /// Same rules as `settle`: timeout, deadline, concurrency limit,
+    /// limiter, panic isolation and logging; every input is yielded exactly
+    /// once, then the stream ends. The deadline starts when the stream is
+    /// first polled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use fanout::{FanOut, Settled};
+    /// use futures_util::StreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let inputs = [300_u64, 100, 200].map(|ms| async move {
+    ///     tokio::time::sleep(Duration::from_millis(ms)).await;
+    ///     Ok::<_, ()>(ms)
+    /// });
+    /// let order: Vec<(usize, Settled<u64, ()>)> = FanOut::new().stream(inputs).collect().await;
+    /// assert_eq!(order, [(1, Settled::Ok(100)), (2, Settled::Ok(200)), (0, Settled::Ok(300))]);
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the stream drops every input still in flight and releases
+    /// their limiter permits.
+    pub fn stream<I, F, T, E>(
+        &self,
+        futures: I,
+    ) -> impl Stream<Item = (usize, Settled<T, E>)> + Unpin + use<I, F, T, E>
+    where
+        I: IntoIterator<Item = F>,
+        F: Future<Output = Result<T, E>>,
+    {
+        Drive::new(self, futures.into_iter().map(Eager)).map(|finished| {
+            log::input_settled(finished.index, &finished.settled, finished.elapsed, |_| None);
+            (finished.index, finished.settled)
+        })
+    }
+
     async fn settle_logged<I, F, T, E>(
         &self,
         futures: I,

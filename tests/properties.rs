@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fanout::{FanOut, Settled};
+use futures_util::StreamExt;
 use proptest::prelude::*;
 use tokio::sync::Semaphore;
 use tokio::time::sleep;
@@ -185,6 +186,39 @@ proptest! {
                 prop_assert_eq!(result, &expected_when_all_start_together(&plan, *input, index), "input {}", index);
             }
         }
+    }
+
+    #[test]
+    fn the_stream_yields_each_input_once_with_the_same_results_as_settle(
+        inputs in proptest::collection::vec(input(), 0..24),
+        plan in plan(),
+    ) {
+        quiet_panics();
+        let inputs: Vec<Input> = inputs
+            .into_iter()
+            .map(|i| if i.kind == Kind::Never && plan.timeout.is_none() && plan.deadline.is_none() {
+                Input { kind: Kind::Ok, ..i }
+            } else {
+                i
+            })
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let fan_out = fan_out(&plan);
+        let streamed: Vec<(usize, Settled<usize, usize>)> = runtime.block_on(
+            fan_out
+                .stream(inputs.iter().enumerate().map(|(i, input)| run_input(i, *input)))
+                .collect(),
+        );
+        let mut by_index = streamed.clone();
+        by_index.sort_by_key(|(index, _)| *index);
+        let indices: Vec<usize> = by_index.iter().map(|(index, _)| *index).collect();
+        prop_assert_eq!(indices, (0..inputs.len()).collect::<Vec<_>>());
+        let results: Vec<_> = by_index.into_iter().map(|(_, settled)| settled).collect();
+        prop_assert_eq!(results, settle(&plan, &inputs));
     }
 
     #[test]

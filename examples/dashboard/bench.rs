@@ -33,6 +33,7 @@ pub async fn run(
     for _ in 0..args.pool {
         concurrent.run(&tenants[0], widgets::refs(&dashboard)).await;
     }
+    statement_overhead(&dashboard).await?;
     let single = (args.dashboards / 4).max(50);
     println!(
         "load: pool {} with a shared limiter of {} permits, {} tenants; timeout {} ms, deadline {} ms\n",
@@ -104,6 +105,32 @@ pub async fn run(
             throughput(conc) / throughput(seq)
         );
     }
+    Ok(())
+}
+
+/// What the server-side deadline costs: `SELECT 1` on one pooled connection,
+/// plain and through `fanout::postgres::query` (SET, statement and RESET
+/// pipelined), alternating so both see the same machine.
+async fn statement_overhead(dashboard: &Dashboard) -> Result<(), String> {
+    let client = dashboard.0.pool().get().await.map_err(|e| e.to_string())?;
+    let statement = client.prepare_cached("SELECT 1").await.map_err(|e| e.to_string())?;
+    let tenant = TenantId::new("overhead").map_err(|e| e.to_string())?;
+    let (mut plain, mut limited) = (Samples::default(), Samples::default());
+    for _ in 0..2000 {
+        let begun = Instant::now();
+        client.query(&statement, &[]).await.map_err(|e| e.to_string())?;
+        plain.push(begun.elapsed());
+        let ctx = fanout::QueryContext::new(tenant.clone(), Some(tokio::time::Instant::now() + Duration::from_secs(2)));
+        let begun = Instant::now();
+        fanout::postgres::query(&client, &ctx, &statement, &[]).await.map_err(|e| e.to_string())?;
+        limited.push(begun.elapsed());
+    }
+    println!(
+        "SELECT 1 on one connection, 2000 each: plain p50 {}, with server-side deadline p50 {} ({:.2}x)\n",
+        stats::ms(plain.p(50)),
+        stats::ms(limited.p(50)),
+        stats::ratio(limited.p(50), plain.p(50)),
+    );
     Ok(())
 }
 

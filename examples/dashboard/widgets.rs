@@ -62,6 +62,13 @@ impl<T> Widget<T> {
     }
 }
 
+impl<T> Widget<T> {
+    /// The pool the widget queries.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
 /// Why a widget's query failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WidgetError {
