@@ -56,11 +56,21 @@ where
     }
 }
 
-/// One settled input: its index, how it ended and how long it ran.
+/// One settled input: its index, how it ended, and when it started and
+/// ended (the same instant for an input that never started).
 pub(crate) struct Finished<T, E> {
     pub(crate) index: usize,
     pub(crate) settled: Settled<T, E>,
-    pub(crate) elapsed: Duration,
+    started_at: Instant,
+    ended_at: Instant,
+}
+
+impl<T, E> Finished<T, E> {
+    /// How long the input ran; computed on demand, as most callers log it
+    /// only when logging is on.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.ended_at.saturating_duration_since(self.started_at)
+    }
 }
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
@@ -84,7 +94,10 @@ struct Clock {
     deadline_at: Option<Instant>,
     /// Per-item timeout for each input, unless it is folded into `shared`.
     per_item: Option<Duration>,
-    /// The one timer that stops everything still running.
+    /// When everything still running stops.
+    shared_at: Option<Instant>,
+    /// The timer for `shared_at`, armed the first time an input is pending:
+    /// a fan-out of ready inputs never touches the timer wheel.
     shared: Option<Pin<Box<Sleep>>>,
     /// Whether `shared` firing means the inputs' own timeout (all started
     /// together) rather than the fan-out's deadline.
@@ -134,14 +147,16 @@ where
             return Clock {
                 deadline_at,
                 per_item: None,
-                shared: shared_at.map(|at| Box::pin(sleep_until(at))),
+                shared_at,
+                shared: None,
                 shared_is_timeout: timeout_at.is_some() && timeout_at == shared_at,
             };
         }
         Clock {
             deadline_at,
             per_item: self.timeout,
-            shared: deadline_at.map(|at| Box::pin(sleep_until(at))),
+            shared_at: deadline_at,
+            shared: None,
             shared_is_timeout: false,
         }
     }
@@ -162,7 +177,7 @@ where
                 None => None,
                 Some(_) if self.limiter_closed => {
                     let (index, _job) = self.pending.next()?;
-                    return Some(not_started(index, Settled::LimiterClosed));
+                    return Some(not_started(index, Settled::LimiterClosed, now));
                 }
                 Some(limiter) => match poll_permit(limiter, &mut self.acquiring, cx) {
                     Poll::Pending => break,
@@ -213,11 +228,12 @@ where
             return Some(Finished {
                 index,
                 settled,
-                elapsed: expired.at.saturating_duration_since(started_at),
+                started_at,
+                ended_at: expired.at,
             });
         }
         let (index, _job) = self.pending.next()?;
-        Some(not_started(index, Settled::DeadlineExceeded))
+        Some(not_started(index, Settled::DeadlineExceeded, expired.at))
     }
 }
 
@@ -251,7 +267,8 @@ where
                 return Poll::Ready(Some(Finished {
                     index,
                     settled,
-                    elapsed: now.saturating_duration_since(started_at),
+                    started_at,
+                    ended_at: now,
                 }));
             }
             Poll::Ready(None) if this.pending.peek().is_none() => return Poll::Ready(None),
@@ -259,8 +276,13 @@ where
             Poll::Ready(None) | Poll::Pending => {}
         }
         if let Some(clock) = this.clock.as_mut()
-            && let Some(shared) = clock.shared.as_mut()
-            && shared.as_mut().poll(cx).is_ready()
+            && let Some(at) = clock.shared_at
+            && clock
+                .shared
+                .get_or_insert_with(|| Box::pin(sleep_until(at)))
+                .as_mut()
+                .poll(cx)
+                .is_ready()
         {
             let timed_out = clock.shared_is_timeout;
             this.expire(timed_out, now);
@@ -279,11 +301,12 @@ where
     }
 }
 
-fn not_started<T, E>(index: usize, settled: Settled<T, E>) -> Finished<T, E> {
+fn not_started<T, E>(index: usize, settled: Settled<T, E>, at: Instant) -> Finished<T, E> {
     Finished {
         index,
         settled,
-        elapsed: Duration::ZERO,
+        started_at: at,
+        ended_at: at,
     }
 }
 

@@ -11,7 +11,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::drive::{Drive, Eager, Finished};
+use crate::drive::{Drive, Eager};
 use crate::in_order::InOrder;
 use crate::query_set::QuerySet;
 use crate::{Settled, TenantId, log};
@@ -411,7 +411,7 @@ impl FanOut {
         F: Future<Output = Result<T, E>>,
     {
         Drive::new(self, futures.into_iter().map(Eager)).map(|finished| {
-            log::input_settled(finished.index, &finished.settled, finished.elapsed, |_| None);
+            log::input_settled(&finished, |_| None);
             (finished.index, finished.settled)
         })
     }
@@ -426,18 +426,13 @@ impl FanOut {
         F: Future<Output = Result<T, E>>,
     {
         let drive = Drive::new(self, futures.into_iter().map(Eager));
-        let mut results = InOrder::with_capacity(Stream::size_hint(&drive).0);
-        let span = tracing::debug_span!("fan_out", inputs = results.capacity());
+        let mut results = InOrder::new(Stream::size_hint(&drive).0);
+        let span = tracing::debug_span!("fan_out", inputs = results.len());
         async {
             let mut drive = drive;
-            while let Some(Finished {
-                index,
-                settled,
-                elapsed,
-            }) = drive.next().await
-            {
-                log::input_settled(index, &settled, elapsed, &error);
-                results.place(index, settled);
+            while let Some(finished) = drive.next().await {
+                log::input_settled(&finished, &error);
+                results.place(finished.index, finished.settled);
             }
             results.finish()
         }

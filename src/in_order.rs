@@ -5,12 +5,15 @@
 pub(crate) struct InOrder<T>(Vec<Option<T>>);
 
 impl<T> InOrder<T> {
-    pub(crate) fn with_capacity(capacity: usize) -> Self {
-        Self(Vec::with_capacity(capacity))
+    /// Room for `expected` values; more are accepted.
+    pub(crate) fn new(expected: usize) -> Self {
+        let mut slots = Vec::new();
+        slots.resize_with(expected, || None);
+        Self(slots)
     }
 
-    pub(crate) fn capacity(&self) -> usize {
-        self.0.capacity()
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
     }
 
     pub(crate) fn place(&mut self, index: usize, value: T) {
@@ -20,11 +23,18 @@ impl<T> InOrder<T> {
         self.0[index] = Some(value);
     }
 
-    /// The values in index order.
+    /// The values in index order, in the same allocation where the layouts
+    /// allow (std collects `vec::IntoIter` + `map` in place).
     ///
-    /// The engine settles every input exactly once (the property tests hold
-    /// it to that), so every index below the highest one is filled.
+    /// # Panics
+    ///
+    /// If an index below the highest one was never placed: the engine
+    /// settles every input exactly once (the property tests hold it to
+    /// that), so this is a bug in the crate, not in its input.
     pub(crate) fn finish(self) -> Vec<T> {
-        self.0.into_iter().flatten().collect()
+        self.0
+            .into_iter()
+            .map(|slot| slot.expect("fanout settles every input exactly once"))
+            .collect()
     }
 }

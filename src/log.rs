@@ -7,6 +7,7 @@
 use std::fmt::Display;
 use std::time::Duration;
 
+use crate::drive::Finished;
 use crate::{BoxError, Settled, TenantId};
 
 /// Milliseconds with microsecond precision (`12.345`), not float noise.
@@ -17,24 +18,43 @@ fn millis(elapsed: Duration) -> f64 {
 /// An input of a free function, [`FanOut::settle`](crate::FanOut::settle)
 /// or [`FanOut::with_defaults`](crate::FanOut::with_defaults); `error`
 /// displays an input's error when the caller's error type allows it.
+///
+/// The fields are computed inside the macros, so only when the event is
+/// enabled: this runs once per input, on the hot path.
 pub(crate) fn input_settled<T, E>(
-    index: usize,
-    settled: &Settled<T, E>,
-    elapsed: Duration,
+    finished: &Finished<T, E>,
     error: impl FnOnce(&E) -> Option<&dyn Display>,
 ) {
-    let outcome = settled.label();
-    let elapsed_ms = millis(elapsed);
+    let (index, settled) = (finished.index, &finished.settled);
+    let outcome = || settled.label();
+    let elapsed_ms = || millis(finished.elapsed());
     match settled {
-        Settled::Ok(_) => tracing::debug!(index, outcome, elapsed_ms, "input succeeded"),
+        Settled::Ok(_) => tracing::debug!(
+            index,
+            outcome = outcome(),
+            elapsed_ms = elapsed_ms(),
+            "input succeeded"
+        ),
         Settled::Panicked(message) => {
-            tracing::error!(index, outcome, elapsed_ms, error = %message, "input panicked")
+            tracing::error!(index, outcome = outcome(), elapsed_ms = elapsed_ms(), error = %message, "input panicked")
         }
         Settled::Err(e) => match error(e) {
-            Some(e) => tracing::warn!(index, outcome, elapsed_ms, error = %e, "input failed"),
-            None => tracing::warn!(index, outcome, elapsed_ms, "input failed"),
+            Some(e) => {
+                tracing::warn!(index, outcome = outcome(), elapsed_ms = elapsed_ms(), error = %e, "input failed")
+            }
+            None => tracing::warn!(
+                index,
+                outcome = outcome(),
+                elapsed_ms = elapsed_ms(),
+                "input failed"
+            ),
         },
-        _ => tracing::warn!(index, outcome, elapsed_ms, "input failed"),
+        _ => tracing::warn!(
+            index,
+            outcome = outcome(),
+            elapsed_ms = elapsed_ms(),
+            "input failed"
+        ),
     }
 }
 

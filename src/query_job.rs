@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::drive::{Drive, Finished, Job};
+use crate::drive::{Drive, Job};
 use crate::in_order::InOrder;
 use crate::log;
 use crate::{
@@ -90,14 +90,11 @@ where
 {
     let span = tracing::info_span!("fan_out", tenant = %tenant, queries = names.len());
     async {
-        let mut reports = InOrder::with_capacity(names.len());
+        let mut reports = InOrder::new(names.len());
         let mut drive = Drive::new(fan_out, jobs.into_iter());
-        while let Some(Finished {
-            index,
-            settled,
-            elapsed,
-        }) = drive.next().await
-        {
+        while let Some(finished) = drive.next().await {
+            let (index, elapsed) = (finished.index, finished.elapsed());
+            let settled = finished.settled;
             let name = names.get(index).copied().unwrap_or("unnamed");
             log::query_settled(tenant, name, &settled, elapsed);
             reports.place(index, Report { settled, elapsed });

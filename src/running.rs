@@ -27,7 +27,8 @@ pin_project! {
         // would stop it; the timer is armed on the first `Pending`, so an
         // input that is ready at once never touches the timer wheel.
         expiry: Option<Instant>,
-        timer: Option<Pin<Box<Sleep>>>,
+        #[pin]
+        timer: Option<Sleep>,
         // Held, never read: dropping it (on completion or cancellation) hands
         // the permit back.
         _permit: Option<OwnedSemaphorePermit>,
@@ -88,7 +89,7 @@ where
 fn poll_input<F, T, E>(
     input: Pin<&mut F>,
     expiry: &Option<Instant>,
-    timer: &mut Option<Pin<Box<Sleep>>>,
+    mut timer: Pin<&mut Option<Sleep>>,
     cx: &mut Context<'_>,
 ) -> Poll<Settled<T, E>>
 where
@@ -103,8 +104,12 @@ where
         Ok(Poll::Pending) => {}
     }
     if let Some(expiry) = *expiry {
-        let timer = timer.get_or_insert_with(|| Box::pin(sleep_until(expiry)));
-        if timer.as_mut().poll(cx).is_ready() {
+        if timer.is_none() {
+            timer.set(Some(sleep_until(expiry)));
+        }
+        if let Some(timer) = timer.as_pin_mut()
+            && timer.poll(cx).is_ready()
+        {
             return Poll::Ready(Settled::TimedOut);
         }
     }
