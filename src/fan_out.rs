@@ -14,7 +14,7 @@ use tracing::Instrument;
 use crate::drive::{Drive, Eager};
 use crate::in_order::InOrder;
 use crate::query_set::QuerySet;
-use crate::{Settled, TenantId, log};
+use crate::{DashboardQuery, Report, Settled, TenantId, log};
 
 /// How to run a fan-out: timeouts, deadline and concurrency, set once and
 /// reused for every call.
@@ -368,7 +368,76 @@ impl FanOut {
     ///
     /// Dropping the returned future drops every query still in flight.
     pub async fn run<Q: QuerySet>(&self, tenant: &TenantId, queries: Q) -> Q::Outcomes {
+        queries.run_set(self, tenant).await.0
+    }
+
+    /// [`run`](Self::run), also returning a [`Report`]: the whole
+    /// fan-out's duration and each query's outcome and latency, for a
+    /// performance log or page.
+    ///
+    /// # Examples
+    ///
+    /// See [`Report`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run`](Self::run).
+    pub async fn run_with_report<Q: QuerySet>(
+        &self,
+        tenant: &TenantId,
+        queries: Q,
+    ) -> (Q::Outcomes, Report) {
         queries.run_set(self, tenant).await
+    }
+
+    /// Runs a tenant's dashboard like [`run`](Self::run) and yields each
+    /// query's index and [`Outcome`](crate::Outcome) the moment it
+    /// settles, fast widgets first: progressive loading, for a page that
+    /// paints each widget as it lands (Server-Sent Events, say).
+    ///
+    /// Takes a slice of one query type; for differently typed widgets chosen
+    /// at run time, see `fanout::dynamic` (feature `serde`). Every query is
+    /// yielded exactly once, then the stream ends.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use fanout::{DashboardQuery, FanOut, QueryContext, TenantId};
+    /// use futures_util::StreamExt;
+    ///
+    /// struct Sleepy(&'static str, u64);
+    ///
+    /// impl DashboardQuery for Sleepy {
+    ///     type Output = u64;
+    ///     type Error = std::io::Error;
+    ///     fn name(&self) -> &'static str { self.0 }
+    ///     async fn run(&self, _ctx: QueryContext) -> Result<u64, std::io::Error> {
+    ///         tokio::time::sleep(Duration::from_millis(self.1)).await;
+    ///         Ok(self.1)
+    ///     }
+    ///     fn fallback(&self) -> u64 { 0 }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), fanout::InvalidTenantId> {
+    /// let widgets = [Sleepy("slow", 350), Sleepy("fast", 150)];
+    /// let tenant = TenantId::new("t1")?;
+    /// let mut stream = FanOut::new().run_stream(&tenant, &widgets);
+    /// let (index, first) = stream.next().await.unwrap();
+    /// assert_eq!((widgets[index].0, first.value), ("fast", 150));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the stream drops every query still in flight.
+    pub fn run_stream<'a, Q: DashboardQuery>(
+        &self,
+        tenant: &TenantId,
+        queries: &'a [Q],
+    ) -> impl Stream<Item = (usize, crate::Outcome<Q::Output>)> + Send + Unpin + use<'a, Q> {
+        crate::query_job::stream_queries(self, tenant, queries)
     }
 
     /// Runs every future concurrently and yields each one's index and

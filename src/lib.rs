@@ -100,10 +100,11 @@
 //!
 //! Through [`tracing`]: a span per fan-out (`fan_out`) and per query
 //! (`query`), and one event per input when it settles, with the fields
-//! `tenant`, `query`, `outcome` (the [`Source::label`]/[`Settled::label`]
-//! word), `elapsed_ms` and, for errors and panics, `error`. The free
-//! functions and [`FanOut::settle`] log `index` in place of `tenant` and
-//! `query`.
+//! `tenant`, `query`, `outcome` (the [`Source::label`] word: `fresh`,
+//! `error`, `timed_out`, ...), `elapsed_ms` and, for errors and panics,
+//! `error`. The free functions and [`FanOut::settle`] log `index` in place
+//! of `tenant` and `query`, and [`Settled::label`] (`ok`, `error`, ...) as
+//! `outcome`.
 //!
 //! # Limits
 //!
@@ -121,9 +122,15 @@
 )]
 
 mod drive;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod dynamic;
 mod fan_out;
 mod in_order;
 mod log;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod outcome;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -131,6 +138,7 @@ pub mod postgres;
 mod query;
 mod query_job;
 mod query_set;
+mod report;
 mod running;
 mod settled;
 mod tenant;
@@ -139,6 +147,7 @@ pub use fan_out::FanOut;
 pub use outcome::{BoxError, Failure, Outcome, Source};
 pub use query::{DashboardQuery, QueryContext};
 pub use query_set::QuerySet;
+pub use report::{QueryReport, Report};
 pub use settled::{Settled, join_all_settled_with_timeout, join_all_with_defaults};
 pub use tenant::{InvalidTenantId, TenantId};
 

@@ -59,17 +59,17 @@ pub(crate) fn input_settled<T, E>(
 }
 
 /// A query of [`FanOut::run`](crate::FanOut::run).
-pub(crate) fn query_settled(
+pub(crate) fn query_settled<T>(
     tenant: &TenantId,
     query: &'static str,
-    settled: &Settled<(), BoxError>,
+    settled: &Settled<T, BoxError>,
     elapsed: Duration,
 ) {
     let tenant = tenant.as_str();
-    let outcome = settled.label();
+    let outcome = query_outcome(settled);
     let elapsed_ms = millis(elapsed);
     match settled {
-        Settled::Ok(()) => tracing::debug!(tenant, query, outcome, elapsed_ms, "query succeeded"),
+        Settled::Ok(_) => tracing::debug!(tenant, query, outcome, elapsed_ms, "query succeeded"),
         Settled::Panicked(message) => {
             tracing::error!(tenant, query, outcome, elapsed_ms, error = %message, "query panicked; using its fallback")
         }
@@ -83,5 +83,14 @@ pub(crate) fn query_settled(
             elapsed_ms,
             "query failed; using its fallback"
         ),
+    }
+}
+
+/// The [`Source::label`](crate::Source::label) word a settled query's
+/// outcome gets: `fresh` for a success, else how it failed.
+pub(crate) fn query_outcome<T>(settled: &Settled<T, BoxError>) -> &'static str {
+    match settled {
+        Settled::Ok(_) => "fresh",
+        other => other.label(),
     }
 }

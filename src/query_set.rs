@@ -3,8 +3,15 @@
 
 use std::future::Future;
 
-use crate::query_job::{QueryJob, into_outcome, run_queries};
-use crate::{DashboardQuery, FanOut, Outcome, TenantId};
+use futures_util::StreamExt;
+use tokio::time::Instant;
+
+use crate::in_order::InOrder;
+use crate::query_job::{
+    QueryJob, Settlement, fan_out_finished, into_outcome, run_queries, stream_queries,
+};
+use crate::report::QueryReport;
+use crate::{DashboardQuery, FanOut, Outcome, Report, TenantId};
 
 /// A set of [`DashboardQuery`] values that [`FanOut::run`] can run as one
 /// dashboard: a tuple of 1 to 12 queries (each its own type), or a `Vec` of
@@ -44,13 +51,14 @@ pub trait QuerySet: sealed::Sealed {
     /// [`Outcome`]s for a tuple, `Vec<Outcome<_>>` for a `Vec`.
     type Outcomes;
 
-    /// Runs the set; call [`FanOut::run`] instead.
+    /// Runs the set; call [`FanOut::run`] or [`FanOut::run_with_report`]
+    /// instead.
     #[doc(hidden)]
     fn run_set(
         self,
         fan_out: &FanOut,
         tenant: &TenantId,
-    ) -> impl Future<Output = Self::Outcomes> + Send;
+    ) -> impl Future<Output = (Self::Outcomes, Report)> + Send;
 }
 
 pub(crate) mod sealed {
@@ -65,21 +73,22 @@ impl<Q: DashboardQuery> sealed::Sealed for Vec<Q> {}
 impl<Q: DashboardQuery> QuerySet for Vec<Q> {
     type Outcomes = Vec<Outcome<Q::Output>>;
 
-    async fn run_set(self, fan_out: &FanOut, tenant: &TenantId) -> Self::Outcomes {
-        let names: Vec<&'static str> = self.iter().map(|q| q.name()).collect();
-        let mut slots: Vec<Option<Q::Output>> = self.iter().map(|_| None).collect();
-        // Collected so the future holds no closure type: keeps it `Send`.
-        let jobs: Vec<QueryJob<'_>> = self
+    async fn run_set(self, fan_out: &FanOut, tenant: &TenantId) -> (Self::Outcomes, Report) {
+        let started = Instant::now();
+        let mut outcomes = InOrder::new(self.len());
+        let mut stream = stream_queries(fan_out, tenant, &self);
+        while let Some((index, outcome)) = stream.next().await {
+            outcomes.place(index, outcome);
+        }
+        let outcomes = outcomes.finish();
+        let queries = self
             .iter()
-            .zip(slots.iter_mut())
-            .map(|(query, slot)| QueryJob::new(query, slot, tenant))
+            .zip(&outcomes)
+            .map(|(query, outcome)| {
+                QueryReport::new(query.name(), outcome.source.label(), outcome.elapsed)
+            })
             .collect();
-        let reports = run_queries(fan_out, tenant, &names, jobs).await;
-        self.iter()
-            .zip(slots)
-            .zip(reports)
-            .map(|((query, slot), report)| into_outcome(query, slot, report))
-            .collect()
+        (outcomes, Report::new(tenant, started.elapsed(), queries))
     }
 }
 
@@ -90,13 +99,19 @@ macro_rules! tuple_query_set {
         impl<$($ty: DashboardQuery),+> QuerySet for ($($ty,)+) {
             type Outcomes = ($(Outcome<$ty::Output>,)+);
 
-            async fn run_set(self, fan_out: &FanOut, tenant: &TenantId) -> Self::Outcomes {
+            async fn run_set(self, fan_out: &FanOut, tenant: &TenantId) -> (Self::Outcomes, Report) {
+                let started = Instant::now();
                 let ($($query,)+) = self;
                 $(let mut $slot: Option<$ty::Output> = None;)+
                 let names = [$($query.name()),+];
                 let jobs = [$(QueryJob::new(&$query, &mut $slot, tenant)),+];
-                let mut reports = run_queries(fan_out, tenant, &names, jobs).await.into_iter();
-                ($(into_outcome(&$query, $slot, reports.next().unwrap_or_else(crate::query_job::Report::missing)),)+)
+                let mut settlements = run_queries(fan_out, tenant, &names, jobs).await.into_iter();
+                let outcomes = ($(into_outcome(&$query, $slot, settlements.next().unwrap_or_else(Settlement::missing)),)+);
+                let elapsed = started.elapsed();
+                fan_out_finished(elapsed);
+                let ($($slot,)+) = &outcomes;
+                let queries = vec![$(QueryReport::new($query.name(), $slot.source.label(), $slot.elapsed)),+];
+                (outcomes, Report::new(tenant, elapsed, queries))
             }
         }
     };

@@ -84,6 +84,26 @@ impl<T, E> Settled<T, E> {
         }
     }
 
+    /// Maps the success value, keeping every other variant as it is.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fanout::Settled;
+    /// assert_eq!(Settled::<u8, ()>::Ok(2).map(|v| v * 10), Settled::Ok(20));
+    /// assert_eq!(Settled::<u8, ()>::TimedOut.map(|v| v * 10), Settled::TimedOut);
+    /// ```
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Settled<U, E> {
+        match self {
+            Self::Ok(value) => Settled::Ok(f(value)),
+            Self::Err(error) => Settled::Err(error),
+            Self::TimedOut => Settled::TimedOut,
+            Self::DeadlineExceeded => Settled::DeadlineExceeded,
+            Self::Panicked(message) => Settled::Panicked(message),
+            Self::LimiterClosed => Settled::LimiterClosed,
+        }
+    }
+
     /// A short, stable name for the variant, as used in the `outcome` field
     /// of log events: `ok`, `error`, `timed_out`, `deadline_exceeded`,
     /// `panicked` or `limiter_closed`.

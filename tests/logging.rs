@@ -58,7 +58,7 @@ async fn a_failed_query_logs_one_warning_naming_tenant_and_query() {
     let revenue = of("total_revenue");
     assert_eq!(revenue.len(), 1);
     assert_eq!(revenue[0].level, Level::DEBUG);
-    assert_eq!(revenue[0].field("outcome"), Some("ok"));
+    assert_eq!(revenue[0].field("outcome"), Some("fresh"));
     assert_eq!(revenue[0].field("tenant"), Some("creche-042"));
 }
 

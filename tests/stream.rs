@@ -11,11 +11,9 @@ use futures_util::StreamExt;
 use support::DropCounter;
 use tokio::time::{Instant, sleep};
 
-fn after(ms: u64) -> impl Future<Output = Result<u64, ()>> {
-    async move {
-        sleep(Duration::from_millis(ms)).await;
-        Ok(ms)
-    }
+async fn after(ms: u64) -> Result<u64, ()> {
+    sleep(Duration::from_millis(ms)).await;
+    Ok(ms)
 }
 
 #[tokio::test(start_paused = true)]
@@ -44,7 +42,10 @@ async fn the_deadline_and_limit_apply_as_in_settle() {
     let fan_out = FanOut::new()
         .deadline(Duration::from_millis(500))
         .concurrency(NonZeroUsize::new(2).unwrap());
-    let streamed: Vec<_> = fan_out.stream([400, 400, 400, 150].map(after)).collect().await;
+    let streamed: Vec<_> = fan_out
+        .stream([400, 400, 400, 150].map(after))
+        .collect()
+        .await;
     assert_eq!(
         streamed,
         [

@@ -1,0 +1,54 @@
+//! Dashboard metrics through the [`metrics`](https://docs.rs/metrics)
+//! facade (feature `metrics`): install any recorder (Prometheus, StatsD,
+//! ...) and every [`FanOut::run`](crate::FanOut::run) records these.
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | [`QUERY_OUTCOMES`] `fanout_query_outcomes_total` | counter | `query`, `outcome` |
+//! | [`QUERY_DURATION`] `fanout_query_duration_seconds` | histogram | `query` |
+//! | [`FAN_OUT_DURATION`] `fanout_fan_out_duration_seconds` | histogram | none |
+//!
+//! `outcome` is the [`Source::label`](crate::Source::label) word (`fresh`,
+//! `error`, `timed_out`, `deadline_exceeded`, `panicked`,
+//! `limiter_closed`). No metric is labelled by tenant: a label's every value
+//! is a separate time series, and tenants are unbounded, so a tenant label
+//! would grow the metrics store with every customer. Per-tenant detail
+//! belongs in the logs, which carry `tenant`.
+//!
+//! # Examples
+//!
+//! ```
+//! assert_eq!(fanout::metrics::QUERY_OUTCOMES, "fanout_query_outcomes_total");
+//! ```
+
+use std::time::Duration;
+
+/// Counter of query outcomes, labelled `query` and `outcome`.
+///
+/// # Examples
+///
+/// See the [module](self) docs.
+pub const QUERY_OUTCOMES: &str = "fanout_query_outcomes_total";
+
+/// Histogram of each query's latency in seconds, labelled `query`.
+///
+/// # Examples
+///
+/// See the [module](self) docs.
+pub const QUERY_DURATION: &str = "fanout_query_duration_seconds";
+
+/// Histogram of each dashboard fan-out's latency in seconds.
+///
+/// # Examples
+///
+/// See the [module](self) docs.
+pub const FAN_OUT_DURATION: &str = "fanout_fan_out_duration_seconds";
+
+pub(crate) fn query_settled(query: &'static str, outcome: &'static str, elapsed: Duration) {
+    ::metrics::counter!(QUERY_OUTCOMES, "query" => query, "outcome" => outcome).increment(1);
+    ::metrics::histogram!(QUERY_DURATION, "query" => query).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn fan_out_finished(elapsed: Duration) {
+    ::metrics::histogram!(FAN_OUT_DURATION).record(elapsed.as_secs_f64());
+}
