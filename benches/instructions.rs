@@ -36,7 +36,10 @@ async fn yield_once(i: u64) -> Result<u64, u64> {
 
 /// The baseline: `FuturesUnordered` over `timeout`-wrapped inputs, results
 /// put back in input order.
-async fn hand_written<F, Fut>(n: usize, make: F) -> Vec<Result<Fut::Output, tokio::time::error::Elapsed>>
+async fn hand_written<F, Fut>(
+    n: usize,
+    make: F,
+) -> Vec<Result<Fut::Output, tokio::time::error::Elapsed>>
 where
     F: Fn(u64) -> Fut,
     Fut: Future,
@@ -50,7 +53,10 @@ where
     while let Some((index, result)) = in_flight.next().await {
         slots[index] = Some(result);
     }
-    slots.into_iter().map(|slot| slot.expect("every input settles")).collect()
+    slots
+        .into_iter()
+        .map(|slot| slot.expect("every input settles"))
+        .collect()
 }
 
 /// A ready dashboard query.
@@ -89,26 +95,44 @@ async fn join_six(queries: &Six, tenant: &TenantId) -> [i64; 6] {
         timeout(limit, queries.4.run(ctx())),
         timeout(limit, queries.5.run(ctx())),
     );
-    let value = |r: Result<Result<i64, std::io::Error>, _>| r.ok().and_then(Result::ok).unwrap_or(0);
+    let value =
+        |r: Result<Result<i64, std::io::Error>, _>| r.ok().and_then(Result::ok).unwrap_or(0);
     [value(a), value(b), value(c), value(d), value(e), value(f)]
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let [variant, kind, n, iterations] = args.as_slice() else {
         eprintln!("usage: instructions VARIANT KIND N ITERATIONS");
-        eprintln!("  VARIANT: baseline | settle | settle_c64 | run6 | join6;  KIND: ready | yield | mixed");
+        eprintln!(
+            "  VARIANT: baseline | settle | settle_c64 | run6 | join6;  KIND: ready | yield | mixed"
+        );
         return ExitCode::from(2);
     };
     let (Ok(n), Ok(iterations)) = (n.parse::<usize>(), iterations.parse::<usize>()) else {
         eprintln!("instructions: N and ITERATIONS are whole numbers");
         return ExitCode::from(2);
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
     let settle = FanOut::new().timeout(TIMEOUT);
-    let settle_c64 = settle.clone().concurrency(NonZeroUsize::new(64).expect("64 > 0"));
+    let settle_c64 = settle
+        .clone()
+        .concurrency(NonZeroUsize::new(64).expect("64 > 0"));
     let dashboard = FanOut::new().timeout(Duration::from_secs(2));
-    let six: Six = (Ready("a", 1), Ready("b", 2), Ready("c", 3), Ready("d", 4), Ready("e", 5), Ready("f", 6));
+    let six: Six = (
+        Ready("a", 1),
+        Ready("b", 2),
+        Ready("c", 3),
+        Ready("d", 4),
+        Ready("e", 5),
+        Ready("f", 6),
+    );
     let tenant = TenantId::new("creche-042").expect("a valid tenant id");
     let inputs = || 0..n as u64;
 
@@ -119,11 +143,19 @@ fn main() -> ExitCode {
                 ("baseline", "yield") => drop(black_box(hand_written(n, yield_once).await)),
                 ("baseline", "mixed") => drop(black_box(hand_written(n, mixed).await)),
                 ("settle", "ready") => drop(black_box(settle.settle(inputs().map(ready)).await)),
-                ("settle", "yield") => drop(black_box(settle.settle(inputs().map(yield_once)).await)),
+                ("settle", "yield") => {
+                    drop(black_box(settle.settle(inputs().map(yield_once)).await))
+                }
                 ("settle", "mixed") => drop(black_box(settle.settle(inputs().map(mixed)).await)),
-                ("settle_c64", "ready") => drop(black_box(settle_c64.settle(inputs().map(ready)).await)),
-                ("settle_c64", "yield") => drop(black_box(settle_c64.settle(inputs().map(yield_once)).await)),
-                ("settle_c64", "mixed") => drop(black_box(settle_c64.settle(inputs().map(mixed)).await)),
+                ("settle_c64", "ready") => {
+                    drop(black_box(settle_c64.settle(inputs().map(ready)).await))
+                }
+                ("settle_c64", "yield") => {
+                    drop(black_box(settle_c64.settle(inputs().map(yield_once)).await))
+                }
+                ("settle_c64", "mixed") => {
+                    drop(black_box(settle_c64.settle(inputs().map(mixed)).await))
+                }
                 ("run6", _) => {
                     let (a, b, c, d, e, f) = &six;
                     drop(black_box(dashboard.run(&tenant, (a, b, c, d, e, f)).await));
