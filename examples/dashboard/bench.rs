@@ -113,16 +113,27 @@ pub async fn run(
 /// pipelined), alternating so both see the same machine.
 async fn statement_overhead(dashboard: &Dashboard) -> Result<(), String> {
     let client = dashboard.0.pool().get().await.map_err(|e| e.to_string())?;
-    let statement = client.prepare_cached("SELECT 1").await.map_err(|e| e.to_string())?;
+    let statement = client
+        .prepare_cached("SELECT 1")
+        .await
+        .map_err(|e| e.to_string())?;
     let tenant = TenantId::new("overhead").map_err(|e| e.to_string())?;
     let (mut plain, mut limited) = (Samples::default(), Samples::default());
     for _ in 0..2000 {
         let begun = Instant::now();
-        client.query(&statement, &[]).await.map_err(|e| e.to_string())?;
+        client
+            .query(&statement, &[])
+            .await
+            .map_err(|e| e.to_string())?;
         plain.push(begun.elapsed());
-        let ctx = fanout::QueryContext::new(tenant.clone(), Some(tokio::time::Instant::now() + Duration::from_secs(2)));
+        let ctx = fanout::QueryContext::new(
+            tenant.clone(),
+            Some(tokio::time::Instant::now() + Duration::from_secs(2)),
+        );
         let begun = Instant::now();
-        fanout::postgres::query(&client, &ctx, &statement, &[]).await.map_err(|e| e.to_string())?;
+        fanout::postgres::query(&client, &ctx, &statement, &[])
+            .await
+            .map_err(|e| e.to_string())?;
         limited.push(begun.elapsed());
     }
     println!(
