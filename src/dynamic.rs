@@ -62,7 +62,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{BoxError, DashboardQuery, QueryContext};
+use crate::{BoxError, DashboardQuery, Loaded, QueryContext, TenantId};
 
 /// The widget queries a service offers, by name.
 ///
@@ -276,8 +276,26 @@ impl DashboardQuery for Widget {
     }
 
     fn run(&self, ctx: QueryContext) -> impl Future<Output = Result<Value, WidgetError>> + Send {
-        let run = self.0.run(ctx);
-        async move { run.await.map_err(WidgetError) }
+        let load = self.0.load(ctx);
+        async move {
+            match load.await.map_err(WidgetError)? {
+                Loaded::Fresh(value) | Loaded::Cached { value, .. } => Ok(value),
+            }
+        }
+    }
+
+    fn load(
+        &self,
+        ctx: QueryContext,
+    ) -> impl Future<Output = Result<Loaded<Value>, WidgetError>> + Send {
+        let load = self.0.load(ctx);
+        async move { load.await.map_err(WidgetError) }
+    }
+
+    fn stale(&self, tenant: &TenantId) -> impl Future<Output = Option<(Value, Duration)>> + Send {
+        // Owned, so the future borrows neither `self` nor `tenant`.
+        let (query, tenant) = (Arc::clone(&self.0), tenant.clone());
+        async move { query.stale(&tenant).await }
     }
 
     fn fallback(&self) -> Value {
@@ -289,13 +307,15 @@ impl DashboardQuery for Widget {
     }
 }
 
-type BoxedRun<'a> = Pin<Box<dyn Future<Output = Result<Value, BoxError>> + Send + 'a>>;
+type BoxedLoad<'a> = Pin<Box<dyn Future<Output = Result<Loaded<Value>, BoxError>> + Send + 'a>>;
+type BoxedStale<'a> = Pin<Box<dyn Future<Output = Option<(Value, Duration)>> + Send + 'a>>;
 
 /// [`DashboardQuery`] made object-safe, with its output as JSON.
 trait ErasedQuery: Send + Sync {
     fn name(&self) -> &'static str;
     fn timeout(&self) -> Option<Duration>;
-    fn run(&self, ctx: QueryContext) -> BoxedRun<'_>;
+    fn load(&self, ctx: QueryContext) -> BoxedLoad<'_>;
+    fn stale<'a>(&'a self, tenant: &'a TenantId) -> BoxedStale<'a>;
     fn fallback(&self) -> Value;
 }
 
@@ -312,10 +332,22 @@ where
         DashboardQuery::timeout(self)
     }
 
-    fn run(&self, ctx: QueryContext) -> BoxedRun<'_> {
+    fn load(&self, ctx: QueryContext) -> BoxedLoad<'_> {
         Box::pin(async move {
-            let output = DashboardQuery::run(self, ctx).await?;
-            Ok(serde_json::to_value(output)?)
+            Ok(match DashboardQuery::load(self, ctx).await? {
+                Loaded::Fresh(value) => Loaded::Fresh(serde_json::to_value(value)?),
+                Loaded::Cached { value, age } => Loaded::Cached {
+                    value: serde_json::to_value(value)?,
+                    age,
+                },
+            })
+        })
+    }
+
+    fn stale<'a>(&'a self, tenant: &'a TenantId) -> BoxedStale<'a> {
+        Box::pin(async move {
+            let (value, age) = DashboardQuery::stale(self, tenant).await?;
+            Some((serde_json::to_value(value).ok()?, age))
         })
     }
 

@@ -368,7 +368,7 @@ impl FanOut {
     ///
     /// Dropping the returned future drops every query still in flight.
     pub async fn run<Q: QuerySet>(&self, tenant: &TenantId, queries: Q) -> Q::Outcomes {
-        queries.run_set(self, tenant).await.0
+        self.run_with_report(tenant, queries).await.0
     }
 
     /// [`run`](Self::run), also returning a [`Report`]: the whole
@@ -387,7 +387,8 @@ impl FanOut {
         tenant: &TenantId,
         queries: Q,
     ) -> (Q::Outcomes, Report) {
-        queries.run_set(self, tenant).await
+        let span = tracing::info_span!("fan_out", tenant = %tenant);
+        queries.run_set(self, tenant).instrument(span).await
     }
 
     /// Runs a tenant's dashboard like [`run`](Self::run) and yields each

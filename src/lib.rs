@@ -145,7 +145,7 @@ mod tenant;
 
 pub use fan_out::FanOut;
 pub use outcome::{BoxError, Failure, Outcome, Source};
-pub use query::{DashboardQuery, QueryContext};
+pub use query::{DashboardQuery, Loaded, QueryContext};
 pub use query_set::QuerySet;
 pub use report::{QueryReport, Report};
 pub use settled::{Settled, join_all_settled_with_timeout, join_all_with_defaults};

@@ -8,7 +8,7 @@ use std::fmt::Display;
 use std::time::Duration;
 
 use crate::drive::Finished;
-use crate::{BoxError, Settled, TenantId};
+use crate::{Failure, Settled, Source, TenantId};
 
 /// Milliseconds with microsecond precision (`12.345`), not float noise.
 fn millis(elapsed: Duration) -> f64 {
@@ -58,39 +58,64 @@ pub(crate) fn input_settled<T, E>(
     }
 }
 
-/// A query of [`FanOut::run`](crate::FanOut::run).
-pub(crate) fn query_settled<T>(
+/// A query of a dashboard, once its outcome is known: DEBUG when fresh or
+/// cached, WARN when stale or a fallback, ERROR when it panicked.
+pub(crate) fn query_finished(
     tenant: &TenantId,
     query: &'static str,
-    settled: &Settled<T, BoxError>,
+    source: &Source,
     elapsed: Duration,
 ) {
     let tenant = tenant.as_str();
-    let outcome = query_outcome(settled);
+    let outcome = source.label();
     let elapsed_ms = millis(elapsed);
-    match settled {
-        Settled::Ok(_) => tracing::debug!(tenant, query, outcome, elapsed_ms, "query succeeded"),
-        Settled::Panicked(message) => {
-            tracing::error!(tenant, query, outcome, elapsed_ms, error = %message, "query panicked; using its fallback")
+    match source {
+        Source::Fresh => tracing::debug!(tenant, query, outcome, elapsed_ms, "query succeeded"),
+        Source::Cached { age } => {
+            tracing::debug!(
+                tenant,
+                query,
+                outcome,
+                elapsed_ms,
+                age_ms = millis(*age),
+                "served from cache"
+            )
         }
-        Settled::Err(e) => {
-            tracing::warn!(tenant, query, outcome, elapsed_ms, error = %e, "query failed; using its fallback")
-        }
-        _ => tracing::warn!(
+        Source::Stale { age, cause } => tracing::warn!(
             tenant,
             query,
             outcome,
             elapsed_ms,
+            age_ms = millis(*age),
+            cause = cause.label(),
+            error = %detail(cause),
+            "query failed; serving its last good value"
+        ),
+        Source::Fallback(failure @ Failure::Panicked(_)) => tracing::error!(
+            tenant,
+            query,
+            outcome,
+            elapsed_ms,
+            error = %detail(failure),
+            "query panicked; using its fallback"
+        ),
+        Source::Fallback(failure) => tracing::warn!(
+            tenant,
+            query,
+            outcome,
+            elapsed_ms,
+            error = %detail(failure),
             "query failed; using its fallback"
         ),
     }
 }
 
-/// The [`Source::label`](crate::Source::label) word a settled query's
-/// outcome gets: `fresh` for a success, else how it failed.
-pub(crate) fn query_outcome<T>(settled: &Settled<T, BoxError>) -> &'static str {
-    match settled {
-        Settled::Ok(_) => "fresh",
-        other => other.label(),
+/// What went wrong, without the failure's own prefix: the query's error
+/// or panic message as it was, else the failure ("timed out").
+fn detail(failure: &Failure) -> &dyn Display {
+    match failure {
+        Failure::Error(error) => error,
+        Failure::Panicked(message) => message,
+        other => other,
     }
 }

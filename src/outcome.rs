@@ -68,7 +68,8 @@ impl<T> Outcome<T> {
         self.source.is_fresh()
     }
 
-    /// Whether the value is a stand-in, not the query's own.
+    /// Whether the value is a stand-in: a stale value or the fallback, shown
+    /// because the query failed.
     ///
     /// # Examples
     ///
@@ -98,10 +99,11 @@ impl<T> Outcome<T> {
     /// # Ok(()) }
     /// ```
     pub fn is_degraded(&self) -> bool {
-        !self.is_fresh()
+        self.source.is_degraded()
     }
 
-    /// Why the value is a fallback, if it is one.
+    /// Why the query failed, if it did (the value is then stale or the
+    /// fallback).
     ///
     /// # Examples
     ///
@@ -130,8 +132,8 @@ impl<T> Outcome<T> {
     /// ```
     pub fn failure(&self) -> Option<&Failure> {
         match &self.source {
-            Source::Fallback(failure) => Some(failure),
-            Source::Fresh => None,
+            Source::Fallback(failure) | Source::Stale { cause: failure, .. } => Some(failure),
+            Source::Fresh | Source::Cached { .. } => None,
         }
     }
 
@@ -160,7 +162,22 @@ impl<T> Outcome<T> {
 pub enum Source {
     /// The query ran and returned this value.
     Fresh,
-    /// The query failed; the value is its fallback.
+    /// The value came from a cache, computed `age` ago and still within its
+    /// time to live.
+    Cached {
+        /// How long ago the value was computed.
+        age: Duration,
+    },
+    /// The query failed; the value is its last good one, computed `age` ago
+    /// (stale-if-error).
+    Stale {
+        /// How long ago the value was computed.
+        age: Duration,
+        /// Why the query failed.
+        cause: Failure,
+    },
+    /// The query failed and no usable cached value exists; the value is its
+    /// fallback.
     Fallback(Failure),
 }
 
@@ -176,8 +193,24 @@ impl Source {
         matches!(self, Self::Fresh)
     }
 
+    /// Whether the value stands in for a failed query: stale or the
+    /// fallback.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use fanout::{Failure, Source};
+    /// assert!(!Source::Cached { age: Duration::from_secs(1) }.is_degraded());
+    /// assert!(Source::Fallback(Failure::TimedOut).is_degraded());
+    /// ```
+    pub fn is_degraded(&self) -> bool {
+        matches!(self, Self::Stale { .. } | Self::Fallback(_))
+    }
+
     /// A short, stable name for the source, as used in the `outcome` field
-    /// of log events: `fresh`, or the failure's [`label`](Failure::label).
+    /// of log events and metrics: `fresh`, `cached`, `stale`, or for a
+    /// fallback the failure's [`label`](Failure::label).
     ///
     /// # Examples
     ///
@@ -188,6 +221,8 @@ impl Source {
     pub fn label(&self) -> &'static str {
         match self {
             Self::Fresh => "fresh",
+            Self::Cached { .. } => "cached",
+            Self::Stale { .. } => "stale",
             Self::Fallback(failure) => failure.label(),
         }
     }
@@ -197,6 +232,10 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Fresh => f.write_str("fresh"),
+            Self::Cached { age } => write!(f, "cached ({:.1} s old)", age.as_secs_f64()),
+            Self::Stale { age, cause } => {
+                write!(f, "stale ({:.1} s old; {cause})", age.as_secs_f64())
+            }
             Self::Fallback(failure) => write!(f, "fallback ({failure})"),
         }
     }

@@ -94,6 +94,107 @@ pub trait DashboardQuery: Send + Sync {
     fn timeout(&self) -> Option<Duration> {
         None
     }
+
+    /// Gets the query's value, saying whether it was computed now or
+    /// served from a cache: the hook a cache layer overrides. The default
+    /// runs [`run`](Self::run), so its value is always
+    /// [`Loaded::Fresh`]. The fan-out calls this, not `run`.
+    ///
+    /// # Examples
+    ///
+    /// A query that answers from a pre-computed value while it is recent:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use fanout::{DashboardQuery, FanOut, Loaded, QueryContext, Source, TenantId};
+    ///
+    /// struct Precomputed(i64, Duration);
+    ///
+    /// impl DashboardQuery for Precomputed {
+    ///     type Output = i64;
+    ///     type Error = std::io::Error;
+    ///     fn name(&self) -> &'static str { "total_revenue" }
+    ///     async fn run(&self, _ctx: QueryContext) -> Result<i64, std::io::Error> { Ok(self.0) }
+    ///     fn fallback(&self) -> i64 { 0 }
+    ///     async fn load(&self, _ctx: QueryContext) -> Result<Loaded<i64>, std::io::Error> {
+    ///         Ok(Loaded::Cached { value: self.0, age: self.1 })
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), fanout::InvalidTenantId> {
+    /// let query = Precomputed(7, Duration::from_secs(3));
+    /// let (revenue,) = FanOut::new().run(&TenantId::new("t1")?, (query,)).await;
+    /// assert!(matches!(revenue.source, Source::Cached { age } if age == Duration::from_secs(3)));
+    /// # Ok(()) }
+    /// ```
+    fn load(
+        &self,
+        ctx: QueryContext,
+    ) -> impl Future<Output = Result<Loaded<Self::Output>, Self::Error>> + Send {
+        async move { self.run(ctx).await.map(Loaded::Fresh) }
+    }
+
+    /// A last good value and its age, shown in place of the
+    /// [`fallback`](Self::fallback) when the query fails, times out or
+    /// panics (stale-if-error): the other hook a cache layer overrides. The
+    /// default has none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use fanout::{DashboardQuery, FanOut, QueryContext, Source, TenantId};
+    ///
+    /// struct Down;
+    ///
+    /// impl DashboardQuery for Down {
+    ///     type Output = i64;
+    ///     type Error = std::io::Error;
+    ///     fn name(&self) -> &'static str { "outstanding" }
+    ///     async fn run(&self, _ctx: QueryContext) -> Result<i64, std::io::Error> {
+    ///         Err(std::io::Error::other("database down"))
+    ///     }
+    ///     fn fallback(&self) -> i64 { 0 }
+    ///     async fn stale(&self, _tenant: &TenantId) -> Option<(i64, Duration)> {
+    ///         Some((41, Duration::from_secs(90)))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), fanout::InvalidTenantId> {
+    /// let (outstanding,) = FanOut::new().run(&TenantId::new("t1")?, (Down,)).await;
+    /// assert_eq!(outstanding.value, 41);
+    /// assert!(matches!(outstanding.source, Source::Stale { .. }));
+    /// assert_eq!(outstanding.source.to_string(), "stale (90.0 s old; error: database down)");
+    /// # Ok(()) }
+    /// ```
+    fn stale(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Option<(Self::Output, Duration)>> + Send {
+        let _ = tenant;
+        std::future::ready(None)
+    }
+}
+
+/// A query's value as [`DashboardQuery::load`] got it.
+///
+/// # Examples
+///
+/// See [`DashboardQuery::load`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Loaded<T> {
+    /// Computed by this call.
+    Fresh(T),
+    /// Served from a cache, computed `age` ago.
+    Cached {
+        /// The value.
+        value: T,
+        /// How long ago it was computed.
+        age: Duration,
+    },
 }
 
 /// A reference to a query is a query, so one set of query values can serve
@@ -119,6 +220,20 @@ impl<Q: DashboardQuery> DashboardQuery for &Q {
 
     fn timeout(&self) -> Option<Duration> {
         (**self).timeout()
+    }
+
+    fn load(
+        &self,
+        ctx: QueryContext,
+    ) -> impl Future<Output = Result<Loaded<Self::Output>, Self::Error>> + Send {
+        (**self).load(ctx)
+    }
+
+    fn stale(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Option<(Self::Output, Duration)>> + Send {
+        (**self).stale(tenant)
     }
 }
 

@@ -12,6 +12,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::Loaded;
 use crate::drive::{Drive, Finished, Job};
 use crate::in_order::InOrder;
 use crate::{
@@ -36,7 +37,7 @@ pub(crate) struct QueryJob<'a> {
 impl<'a> QueryJob<'a> {
     pub(crate) fn new<Q: DashboardQuery>(
         query: &'a Q,
-        slot: &'a mut Option<Q::Output>,
+        slot: &'a mut Option<Loaded<Q::Output>>,
         tenant: &TenantId,
     ) -> Self {
         Self {
@@ -68,13 +69,13 @@ impl<'a> Job for QueryJob<'a> {
     }
 }
 
-/// Runs `query` in its own span, boxing its error.
+/// Loads `query` in its own span, boxing its error.
 fn run_query<Q: DashboardQuery>(
     query: &Q,
     ctx: QueryContext,
-) -> impl Future<Output = Result<Q::Output, BoxError>> + Send + '_ {
+) -> impl Future<Output = Result<Loaded<Q::Output>, BoxError>> + Send + '_ {
     let span = tracing::info_span!("query", tenant = %ctx.tenant(), query = query.name());
-    async move { query.run(ctx).await.map_err(|e| Box::new(e) as BoxError) }.instrument(span)
+    async move { query.load(ctx).await.map_err(|e| Box::new(e) as BoxError) }.instrument(span)
 }
 
 /// How one query of a tuple ended; its value, if any, is in its slot.
@@ -94,88 +95,98 @@ impl Settlement {
     }
 }
 
-/// Logs a settled query and records its metrics.
-fn observe<T>(
-    tenant: &TenantId,
-    query: &'static str,
-    settled: &Settled<T, BoxError>,
-    elapsed: Duration,
-) {
-    log::query_settled(tenant, query, settled, elapsed);
-    #[cfg(feature = "metrics")]
-    crate::metrics::query_settled(query, log::query_outcome(settled), elapsed);
-}
-
 /// Records the whole fan-out's metrics.
 pub(crate) fn fan_out_finished(_elapsed: Duration) {
     #[cfg(feature = "metrics")]
     crate::metrics::fan_out_finished(_elapsed);
 }
 
-/// Runs a tuple's jobs as one fan-out for `tenant`; returns one settlement
-/// per job, in input order.
-pub(crate) async fn run_queries<'a, I>(
-    fan_out: &FanOut,
-    tenant: &TenantId,
-    names: &[&'static str],
-    jobs: I,
-) -> Vec<Settlement>
+/// Runs a tuple's `count` jobs as one fan-out; returns one settlement per
+/// job, in input order.
+pub(crate) async fn run_queries<'a, I>(fan_out: &FanOut, count: usize, jobs: I) -> Vec<Settlement>
 where
     I: IntoIterator<Item = QueryJob<'a>>,
 {
-    let span = tracing::info_span!("fan_out", tenant = %tenant, queries = names.len());
-    async {
-        let mut settlements = InOrder::new(names.len());
-        let mut drive = Drive::new(fan_out, jobs.into_iter());
-        while let Some(finished) = drive.next().await {
-            let elapsed = finished.elapsed();
-            let name = names.get(finished.index).copied().unwrap_or("unnamed");
-            observe(tenant, name, &finished.settled, elapsed);
-            settlements.place(
-                finished.index,
-                Settlement {
-                    settled: finished.settled,
-                    elapsed,
-                },
-            );
-        }
-        settlements.finish()
+    let mut settlements = InOrder::new(count);
+    let mut drive = Drive::new(fan_out, jobs.into_iter());
+    while let Some(finished) = drive.next().await {
+        let elapsed = finished.elapsed();
+        let settlement = Settlement {
+            settled: finished.settled,
+            elapsed,
+        };
+        settlements.place(finished.index, settlement);
     }
-    .instrument(span)
-    .await
+    settlements.finish()
 }
 
-/// Turns a query's settlement and slot into its outcome, calling its
-/// fallback when it failed.
-pub(crate) fn into_outcome<Q: DashboardQuery>(
+/// Turns a query's settlement and slot into its outcome.
+pub(crate) async fn into_outcome<Q: DashboardQuery>(
     query: &Q,
-    slot: Option<Q::Output>,
+    tenant: &TenantId,
+    slot: Option<Loaded<Q::Output>>,
     settlement: Settlement,
 ) -> Outcome<Q::Output> {
-    let value = match (settlement.settled, slot) {
-        (Settled::Ok(()), Some(value)) => Ok(value),
-        // A job only returns `Ok` after filling its slot.
-        (Settled::Ok(()), None) => Err(Settled::Err("query returned no value".into())),
-        (other, _) => Err(other),
-    };
-    outcome(query, value, settlement.elapsed)
+    let settled = settlement.settled.map(|()| slot);
+    finish(query, tenant, settled, settlement.elapsed).await
 }
 
-fn outcome<Q: DashboardQuery>(
+/// A settled query's outcome: its value, a cached one, its last good one
+/// (stale-if-error) or its fallback; logged and recorded once, here, where
+/// the source is decided.
+async fn finish<Q: DashboardQuery>(
     query: &Q,
-    value: Result<Q::Output, Settled<(), BoxError>>,
+    tenant: &TenantId,
+    settled: Settled<Option<Loaded<Q::Output>>, BoxError>,
     elapsed: Duration,
 ) -> Outcome<Q::Output> {
-    let failure = match value {
-        Ok(value) => return Outcome::new(value, Source::Fresh, elapsed),
-        Err(Settled::Ok(())) => Failure::Error("query returned no value".into()),
-        Err(Settled::Err(error)) => Failure::Error(error),
-        Err(Settled::TimedOut) => Failure::TimedOut,
-        Err(Settled::DeadlineExceeded) => Failure::DeadlineExceeded,
-        Err(Settled::Panicked(message)) => Failure::Panicked(message),
-        Err(Settled::LimiterClosed) => Failure::LimiterClosed,
+    let failure = match settled {
+        Settled::Ok(Some(Loaded::Fresh(value))) => {
+            return observed(query, tenant, value, Source::Fresh, elapsed);
+        }
+        Settled::Ok(Some(Loaded::Cached { value, age })) => {
+            return observed(query, tenant, value, Source::Cached { age }, elapsed);
+        }
+        // A tuple's job only returns `Ok` after filling its slot.
+        Settled::Ok(None) => Failure::Error("query returned no value".into()),
+        Settled::Err(error) => Failure::Error(error),
+        Settled::TimedOut => Failure::TimedOut,
+        Settled::DeadlineExceeded => Failure::DeadlineExceeded,
+        Settled::Panicked(message) => Failure::Panicked(message),
+        Settled::LimiterClosed => Failure::LimiterClosed,
     };
-    Outcome::new(query.fallback(), Source::Fallback(failure), elapsed)
+    match query.stale(tenant).await {
+        Some((value, age)) => observed(
+            query,
+            tenant,
+            value,
+            Source::Stale {
+                age,
+                cause: failure,
+            },
+            elapsed,
+        ),
+        None => observed(
+            query,
+            tenant,
+            query.fallback(),
+            Source::Fallback(failure),
+            elapsed,
+        ),
+    }
+}
+
+fn observed<Q: DashboardQuery>(
+    query: &Q,
+    tenant: &TenantId,
+    value: Q::Output,
+    source: Source,
+    elapsed: Duration,
+) -> Outcome<Q::Output> {
+    log::query_finished(tenant, query.name(), &source, elapsed);
+    #[cfg(feature = "metrics")]
+    crate::metrics::query_settled(query.name(), source.label(), elapsed);
+    Outcome::new(value, source, elapsed)
 }
 
 /// A query of one type, started when the engine starts it.
@@ -224,52 +235,73 @@ pub(crate) fn stream_queries<'a, Q: DashboardQuery>(
         queries,
         tenant: tenant.clone(),
         started: None,
+        finishing: None,
         done: false,
     }
 }
 
-/// The engine's stream, observed: each query logged and turned into its
-/// outcome, the fan-out's duration recorded at the end.
-struct Observed<'a, D, Q> {
+type Finishing<'a, T> = Pin<Box<dyn Future<Output = (usize, Outcome<T>)> + Send + 'a>>;
+
+/// The engine's stream, observed: each settled query turned into its
+/// outcome (which may look up a stale value), the fan-out's duration
+/// recorded at the end.
+struct Observed<'a, D, Q: DashboardQuery> {
     drive: D,
     queries: &'a [Q],
     tenant: TenantId,
     started: Option<Instant>,
+    finishing: Option<Finishing<'a, Q::Output>>,
     done: bool,
 }
 
-impl<D: Unpin, Q> Unpin for Observed<'_, D, Q> {}
+impl<D: Unpin, Q: DashboardQuery> Unpin for Observed<'_, D, Q> {}
 
-impl<D, Q> Stream for Observed<'_, D, Q>
+impl<'a, D, Q> Stream for Observed<'a, D, Q>
 where
-    D: Stream<Item = Finished<Q::Output, BoxError>> + Unpin,
+    D: Stream<Item = Finished<Loaded<Q::Output>, BoxError>> + Unpin,
     Q: DashboardQuery,
 {
     type Item = (usize, Outcome<Q::Output>);
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
+        let this = &mut *self;
+        if let Some(finishing) = this.finishing.as_mut() {
+            let finished = std::task::ready!(finishing.as_mut().poll(cx));
+            this.finishing = None;
+            return Poll::Ready(Some(finished));
+        }
+        if this.done {
             return Poll::Ready(None);
         }
-        let started = *self.started.get_or_insert_with(Instant::now);
-        let Some(finished) = std::task::ready!(self.drive.poll_next_unpin(cx)) else {
-            self.done = true;
+        let started = *this.started.get_or_insert_with(Instant::now);
+        let Some(finished) = std::task::ready!(this.drive.poll_next_unpin(cx)) else {
+            this.done = true;
             fan_out_finished(started.elapsed());
             return Poll::Ready(None);
         };
         let (index, elapsed) = (finished.index, finished.elapsed());
-        let Some(query) = self.queries.get(index) else {
+        let Some(query) = this.queries.get(index) else {
             return Poll::Ready(None);
         };
-        observe(&self.tenant, query.name(), &finished.settled, elapsed);
-        let value = match finished.settled {
-            Settled::Ok(value) => Ok(value),
-            other => Err(other.map(drop)),
-        };
-        Poll::Ready(Some((index, outcome(query, value, elapsed))))
+        let tenant = this.tenant.clone();
+        let mut finishing: Finishing<'a, Q::Output> = Box::pin(async move {
+            (
+                index,
+                finish(query, &tenant, finished.settled.map(Some), elapsed).await,
+            )
+        });
+        match finishing.as_mut().poll(cx) {
+            Poll::Ready(outcome) => Poll::Ready(Some(outcome)),
+            Poll::Pending => {
+                this.finishing = Some(finishing);
+                Poll::Pending
+            }
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.drive.size_hint()
+        let (low, high) = self.drive.size_hint();
+        let finishing = usize::from(self.finishing.is_some());
+        (low + finishing, high.map(|h| h + finishing))
     }
 }

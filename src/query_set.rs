@@ -11,7 +11,7 @@ use crate::query_job::{
     QueryJob, Settlement, fan_out_finished, into_outcome, run_queries, stream_queries,
 };
 use crate::report::QueryReport;
-use crate::{DashboardQuery, FanOut, Outcome, Report, TenantId};
+use crate::{DashboardQuery, FanOut, Loaded, Outcome, Report, TenantId};
 
 /// A set of [`DashboardQuery`] values that [`FanOut::run`] can run as one
 /// dashboard: a tuple of 1 to 12 queries (each its own type), or a `Vec` of
@@ -102,11 +102,10 @@ macro_rules! tuple_query_set {
             async fn run_set(self, fan_out: &FanOut, tenant: &TenantId) -> (Self::Outcomes, Report) {
                 let started = Instant::now();
                 let ($($query,)+) = self;
-                $(let mut $slot: Option<$ty::Output> = None;)+
-                let names = [$($query.name()),+];
+                $(let mut $slot: Option<Loaded<$ty::Output>> = None;)+
                 let jobs = [$(QueryJob::new(&$query, &mut $slot, tenant)),+];
-                let mut settlements = run_queries(fan_out, tenant, &names, jobs).await.into_iter();
-                let outcomes = ($(into_outcome(&$query, $slot, settlements.next().unwrap_or_else(Settlement::missing)),)+);
+                let mut settlements = run_queries(fan_out, jobs.len(), jobs).await.into_iter();
+                let outcomes = ($(into_outcome(&$query, tenant, $slot, settlements.next().unwrap_or_else(Settlement::missing)).await,)+);
                 let elapsed = started.elapsed();
                 fan_out_finished(elapsed);
                 let ($($slot,)+) = &outcomes;

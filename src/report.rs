@@ -89,13 +89,17 @@ impl Report {
         self.queries.iter().filter(|q| q.outcome == outcome).count()
     }
 
-    /// How many queries show a stand-in rather than their own value.
+    /// How many queries show a stand-in (a stale value or the fallback)
+    /// because they failed.
     ///
     /// # Examples
     ///
     /// See [`Report`].
     pub fn degraded(&self) -> usize {
-        self.queries.iter().filter(|q| q.outcome != "fresh").count()
+        self.queries
+            .iter()
+            .filter(|q| !matches!(q.outcome, "fresh" | "cached"))
+            .count()
     }
 
     /// The query that ran longest, if there was any query.
