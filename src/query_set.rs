@@ -34,12 +34,13 @@ use crate::{DashboardQuery, FanOut, Loaded, Outcome, Report, TenantId};
 ///     fn fallback(&self) -> i64 { 0 }
 /// }
 ///
-/// // A tuple gives a tuple of outcomes, each with its own value type.
-/// fn outcomes_of<Q: QuerySet>(_: &Q) {}
-/// outcomes_of(&(Constant("a", 1), Constant("b", 2)));
+/// fn is_query_set<Q: QuerySet>(_: &Q) {}
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), fanout::InvalidTenantId> {
+/// is_query_set(&vec![Constant("a", 1), Constant("b", 2)]);
+///
+/// // A tuple gives a tuple of outcomes, each with its own value type.
 /// let tenant = TenantId::new("t1")?;
 /// let (a, b): (Outcome<i64>, Outcome<i64>) =
 ///     FanOut::new().run(&tenant, (Constant("a", 1), Constant("b", 2))).await;

@@ -1,0 +1,331 @@
+//! The in-process cache, in virtual time: one execution per (tenant, query)
+//! per TTL window however many ask, stale-if-error for every kind of
+//! failure, no hanging when the executing caller is cancelled or panics,
+//! invalidation, and no value ever crossing tenants.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use fanout::cache::{CachePolicy, Cached, QueryCache};
+use fanout::{DashboardQuery, Failure, FanOut, QueryContext, Source, TenantId};
+use futures_util::future::join_all;
+use proptest::prelude::*;
+use tokio::time::{advance, sleep};
+
+/// A query whose value is its tenant's id, with switches to make it fail,
+/// hang or panic, and a count of its executions.
+#[derive(Default)]
+struct PerTenant {
+    name: &'static str,
+    runs: AtomicUsize,
+    fail: AtomicBool,
+    hang: AtomicBool,
+    panic_once: AtomicBool,
+}
+
+impl PerTenant {
+    fn named(name: &'static str) -> Self {
+        Self {
+            name,
+            ..Self::default()
+        }
+    }
+
+    fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("database unavailable")]
+struct Unavailable;
+
+impl DashboardQuery for PerTenant {
+    type Output = String;
+    type Error = Unavailable;
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn run(&self, ctx: QueryContext) -> Result<String, Unavailable> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        sleep(Duration::from_millis(50)).await;
+        if self.panic_once.swap(false, Ordering::SeqCst) {
+            panic!("query exploded");
+        }
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(Unavailable);
+        }
+        Ok(format!("{}:{}", self.name, ctx.tenant()))
+    }
+
+    fn fallback(&self) -> String {
+        "fallback".to_owned()
+    }
+}
+
+fn policy() -> CachePolicy {
+    CachePolicy::ttl(Duration::from_secs(30)).stale_if_error(Duration::from_secs(300))
+}
+
+fn tenant(id: &str) -> TenantId {
+    TenantId::new(id).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_concurrent_dashboards_execute_each_query_once_per_ttl_window() {
+    let cache = QueryCache::new(10_000);
+    let revenue = Cached::new(PerTenant::named("total_revenue"), &cache, policy());
+    let children = Cached::new(PerTenant::named("child_count"), &cache, policy());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("creche-1");
+
+    let pages = (0..1000).map(|_| fan_out.run(&t1, (&revenue, &children)));
+    let outcomes = join_all(pages).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|(r, c)| r.value == "total_revenue:creche-1" && c.value == "child_count:creche-1")
+    );
+    assert_eq!((revenue.inner().runs(), children.inner().runs()), (1, 1));
+    let fresh = outcomes.iter().filter(|(r, _)| r.is_fresh()).count();
+    assert_eq!(fresh, 1, "one caller computed; the rest were served");
+    assert!(
+        outcomes
+            .iter()
+            .all(|(r, _)| matches!(r.source, Source::Fresh | Source::Cached { .. }))
+    );
+
+    // Still within the TTL: served, not run.
+    advance(Duration::from_secs(20)).await;
+    join_all((0..1000).map(|_| fan_out.run(&t1, (&revenue, &children)))).await;
+    assert_eq!((revenue.inner().runs(), children.inner().runs()), (1, 1));
+
+    // The next window: one more execution each.
+    advance(Duration::from_secs(15)).await;
+    join_all((0..1000).map(|_| fan_out.run(&t1, (&revenue, &children)))).await;
+    assert_eq!((revenue.inner().runs(), children.inner().runs()), (2, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hit_reports_its_age_and_the_ttl_expires_it() {
+    let cache = QueryCache::new(100);
+    let revenue = Cached::new(PerTenant::named("total_revenue"), &cache, policy());
+    let fan_out = FanOut::new();
+    let t1 = tenant("t1");
+
+    let (first,) = fan_out.run(&t1, (&revenue,)).await;
+    assert!(first.is_fresh());
+    advance(Duration::from_millis(29_900)).await;
+    let (hit,) = fan_out.run(&t1, (&revenue,)).await;
+    match hit.source {
+        Source::Cached { age } => assert_eq!(age, Duration::from_millis(29_900)),
+        other => panic!("expected a hit, got {other:?}"),
+    }
+    advance(Duration::from_millis(100)).await;
+    let (expired,) = fan_out.run(&t1, (&revenue,)).await;
+    assert!(expired.is_fresh());
+    assert_eq!(revenue.inner().runs(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_query_serves_its_last_good_value_marked_stale_then_its_fallback() {
+    let cache = QueryCache::new(100);
+    let revenue = Cached::new(PerTenant::named("total_revenue"), &cache, policy());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+    fan_out.run(&t1, (&revenue,)).await;
+
+    revenue.inner().fail.store(true, Ordering::SeqCst);
+    advance(Duration::from_secs(60)).await;
+    let (stale,) = fan_out.run(&t1, (&revenue,)).await;
+    assert_eq!(stale.value, "total_revenue:t1");
+    match &stale.source {
+        Source::Stale {
+            age,
+            cause: Failure::Error(error),
+        } => {
+            assert_eq!(*age, Duration::from_millis(60_050)); // computed at 50 ms, failed at 60.05 s
+            assert_eq!(error.to_string(), "database unavailable");
+        }
+        other => panic!("expected stale, got {other:?}"),
+    }
+    assert!(stale.is_degraded());
+
+    // A timeout and a panic are failures too.
+    revenue.inner().fail.store(false, Ordering::SeqCst);
+    revenue.inner().hang.store(true, Ordering::SeqCst);
+    let (timed_out,) = fan_out.run(&t1, (&revenue,)).await;
+    assert!(
+        matches!(
+            timed_out.source,
+            Source::Stale {
+                cause: Failure::TimedOut,
+                ..
+            }
+        ),
+        "{:?}",
+        timed_out.source
+    );
+    revenue.inner().hang.store(false, Ordering::SeqCst);
+    revenue.inner().panic_once.store(true, Ordering::SeqCst);
+    let (panicked,) = fan_out.run(&t1, (&revenue,)).await;
+    assert!(matches!(
+        panicked.source,
+        Source::Stale {
+            cause: Failure::Panicked(_),
+            ..
+        }
+    ));
+
+    // Past ttl + stale_if_error nothing is usable: the fallback.
+    revenue.inner().fail.store(true, Ordering::SeqCst);
+    advance(Duration::from_secs(300)).await;
+    let (fallback,) = fan_out.run(&t1, (&revenue,)).await;
+    assert_eq!(fallback.value, "fallback");
+    assert!(matches!(
+        fallback.source,
+        Source::Fallback(Failure::Error(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_is_never_cached() {
+    let cache = QueryCache::new(100);
+    let revenue = Cached::new(PerTenant::named("total_revenue"), &cache, policy());
+    let fan_out = FanOut::new();
+    revenue.inner().fail.store(true, Ordering::SeqCst);
+    let (failed,) = fan_out.run(&tenant("t1"), (&revenue,)).await;
+    assert!(matches!(failed.source, Source::Fallback(_)));
+    revenue.inner().fail.store(false, Ordering::SeqCst);
+    let (next,) = fan_out.run(&tenant("t1"), (&revenue,)).await;
+    assert!(next.is_fresh());
+    assert_eq!(revenue.inner().runs(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_executing_caller_does_not_leave_the_others_hanging() {
+    let cache = QueryCache::new(100);
+    let revenue = Cached::new(PerTenant::named("total_revenue"), &cache, policy());
+    let t1 = tenant("t1");
+    // The first caller gives up after 10 ms, mid-execution; the second
+    // waits on the same key and must run the query itself.
+    let impatient = FanOut::new().deadline(Duration::from_millis(10));
+    let patient = FanOut::new().timeout(Duration::from_secs(2));
+    let ((first,), (second,)) = tokio::join!(impatient.run(&t1, (&revenue,)), async {
+        sleep(Duration::from_millis(1)).await;
+        patient.run(&t1, (&revenue,)).await
+    });
+    assert!(matches!(
+        first.source,
+        Source::Fallback(Failure::DeadlineExceeded)
+    ));
+    assert!(second.is_fresh(), "{:?}", second.source);
+    assert_eq!(second.value, "total_revenue:t1");
+    assert_eq!(revenue.inner().runs(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_executing_caller_does_not_leave_the_others_hanging() {
+    let cache = QueryCache::new(100);
+    let revenue = Cached::new(PerTenant::named("total_revenue"), &cache, policy());
+    revenue.inner().panic_once.store(true, Ordering::SeqCst);
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+    let outcomes = join_all((0..10).map(|_| fan_out.run(&t1, (&revenue,)))).await;
+    let panicked = outcomes
+        .iter()
+        .filter(|(o,)| matches!(o.source, Source::Fallback(Failure::Panicked(_))))
+        .count();
+    assert_eq!(panicked, 1);
+    assert!(
+        outcomes
+            .iter()
+            .filter(|(o,)| !matches!(o.source, Source::Fallback(_)))
+            .all(|(o,)| o.value == "total_revenue:t1")
+    );
+    assert_eq!(
+        revenue.inner().runs(),
+        2,
+        "the panic, then one execution for the nine waiting"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalidating_a_tenant_recomputes_only_that_tenant() {
+    let cache = QueryCache::new(100);
+    let revenue = Cached::new(PerTenant::named("total_revenue"), &cache, policy());
+    let fan_out = FanOut::new();
+    let (t1, t2) = (tenant("t1"), tenant("t2"));
+    fan_out.run(&t1, (&revenue,)).await;
+    fan_out.run(&t2, (&revenue,)).await;
+    cache.invalidate_tenant(&t1);
+    let (a,) = fan_out.run(&t1, (&revenue,)).await;
+    let (b,) = fan_out.run(&t2, (&revenue,)).await;
+    assert!(a.is_fresh());
+    assert!(matches!(b.source, Source::Cached { .. }));
+    assert_eq!(revenue.inner().runs(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn parameterised_queries_are_kept_apart_by_their_key() {
+    let cache = QueryCache::new(100);
+    let november = Cached::new(PerTenant::named("total_revenue"), &cache, policy()).key("2026-11");
+    let october = Cached::new(PerTenant::named("total_revenue"), &cache, policy()).key("2026-10");
+    let t1 = tenant("t1");
+    FanOut::new().run(&t1, (&november, &october)).await;
+    assert_eq!((november.inner().runs(), october.inner().runs()), (1, 1));
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Load(u8),
+    Invalidate(u8),
+    Advance(u16),
+    Fail(bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..4).prop_map(Op::Load),
+        1 => (0u8..4).prop_map(Op::Invalidate),
+        2 => (0u16..400).prop_map(Op::Advance),
+        1 => any::<bool>().prop_map(Op::Fail),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Whatever the sequence of loads, invalidations, failures and time
+    /// passing, a tenant only ever sees its own value or the fallback.
+    #[test]
+    fn no_value_ever_crosses_tenants(ops in proptest::collection::vec(op(), 1..40)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        runtime.block_on(async {
+            let cache = QueryCache::new(1_000);
+            let policy = CachePolicy::ttl(Duration::from_secs(60)).stale_if_error(Duration::from_secs(120));
+            let query = Arc::new(Cached::new(PerTenant::named("q"), &cache, policy));
+            let fan_out = FanOut::new().timeout(Duration::from_secs(1));
+            for op in ops {
+                match op {
+                    Op::Load(t) => {
+                        let tenant = tenant(&format!("t{t}"));
+                        let (outcome,) = fan_out.run(&tenant, (&*query,)).await;
+                        let own = format!("q:{tenant}");
+                        prop_assert!(outcome.value == own || outcome.value == "fallback", "{} got {}", tenant, outcome.value);
+                    }
+                    Op::Invalidate(t) => cache.invalidate_tenant(&tenant(&format!("t{t}"))),
+                    Op::Advance(s) => advance(Duration::from_secs(u64::from(s))).await,
+                    Op::Fail(fail) => query.inner().fail.store(fail, Ordering::SeqCst),
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
