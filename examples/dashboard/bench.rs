@@ -1,6 +1,7 @@
 //! `--bench`: the dashboard under load. C clients share one pool and one
 //! limiter and run a fixed number of dashboards, loaded sequentially and
-//! then concurrently, spread over every tenant.
+//! then concurrently, spread over every tenant; then through the cache,
+//! every client asking for the same tenant.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,8 +10,10 @@ use std::time::{Duration, Instant};
 use fanout::{FanOut, TenantId};
 
 use crate::cli::Args;
+use crate::layers::{self, Layered};
 use crate::stats::{self, Samples};
-use crate::widgets::{self, Dashboard};
+use crate::widgets;
+use deadpool_postgres::Pool;
 
 /// What one load run measured.
 #[derive(Default)]
@@ -21,9 +24,17 @@ struct Load {
     degraded: usize,
 }
 
+/// The dashboards the load test compares: straight from the database, and
+/// through the in-process cache.
+pub struct Dashboards {
+    pub direct: Arc<Layered>,
+    pub cached: Arc<Layered>,
+}
+
 pub async fn run(
     args: &Args,
-    dashboard: Arc<Dashboard>,
+    pool: &Pool,
+    dashboards: Dashboards,
     sequential: &FanOut,
     concurrent: &FanOut,
     tenants: &[TenantId],
@@ -31,9 +42,11 @@ pub async fn run(
     let tenants: Arc<[TenantId]> = tenants.into();
     // Fill the pool and prepare every statement before anything is timed.
     for _ in 0..args.pool {
-        concurrent.run(&tenants[0], widgets::refs(&dashboard)).await;
+        concurrent
+            .run(&tenants[0], layers::refs(&dashboards.direct))
+            .await;
     }
-    statement_overhead(&dashboard).await?;
+    statement_overhead(pool).await?;
     let single = (args.dashboards / 4).max(50);
     println!(
         "load: pool {} with a shared limiter of {} permits, {} tenants; timeout {} ms, deadline {} ms\n",
@@ -52,19 +65,34 @@ pub async fn run(
     let mut results = Vec::new();
     for (clients, total) in [(1, single), (args.clients, args.dashboards)] {
         for (name, fan_out) in [("sequential", sequential), ("concurrent", concurrent)] {
-            let load = load(fan_out, &dashboard, &tenants, clients, total).await;
-            println!(
-                "| {clients:>7} | {name:<10} | {:>10} | {:>12.1} | {:>10} | {:>10} | {:>10} | {:>16} |",
-                load.whole.len(),
-                load.whole.len() as f64 / load.wall.as_secs_f64(),
-                stats::ms(load.whole.p(50)),
-                stats::ms(load.whole.p(95)),
-                stats::ms(load.whole.p(99)),
-                load.degraded,
-            );
+            let load = load(fan_out, &dashboards.direct, &tenants, clients, total).await;
+            print_row(clients, name, &load);
             results.push((clients, name, load));
         }
     }
+
+    // The cache: every client asks for the same tenant, the stampede at
+    // 9:00; the first dashboard fills it.
+    let one_tenant: Arc<[TenantId]> = Arc::from(&tenants[..1]);
+    let before = layers::runs(&dashboards.cached);
+    let mut cached = Vec::new();
+    for clients in [1, args.clients] {
+        let load = load(
+            concurrent,
+            &dashboards.cached,
+            &one_tenant,
+            clients,
+            args.dashboards,
+        )
+        .await;
+        print_row(clients, "cached", &load);
+        cached.push((clients, load));
+    }
+    let executions: Vec<usize> = layers::runs(&dashboards.cached)
+        .iter()
+        .zip(before)
+        .map(|(after, before)| after - before)
+        .collect();
 
     let one_client = |mode: &str| {
         results
@@ -90,6 +118,14 @@ pub async fn run(
             stats::ratio(seq.whole.p(50), conc.whole.p(50)),
             stats::ratio(sum, slowest),
         );
+        if let Some((_, hit)) = cached.first() {
+            println!(
+                "1 client: a cached dashboard's p50 {} is {:.0}x faster than an uncached one's ({})",
+                stats::ms(hit.whole.p(50)),
+                stats::ratio(conc.whole.p(50), hit.whole.p(50)),
+                stats::ms(conc.whole.p(50)),
+            );
+        }
     }
     let many = |mode: &str| {
         results
@@ -105,14 +141,36 @@ pub async fn run(
             throughput(conc) / throughput(seq)
         );
     }
+    println!(
+        "cached, {} dashboards of one tenant within one {} s TTL: the database ran each widget's query {} times",
+        cached.iter().map(|(_, l)| l.whole.len()).sum::<usize>(),
+        args.cache_ttl_secs,
+        executions
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     Ok(())
+}
+
+fn print_row(clients: usize, name: &str, load: &Load) {
+    println!(
+        "| {clients:>7} | {name:<10} | {:>10} | {:>12.1} | {:>10} | {:>10} | {:>10} | {:>16} |",
+        load.whole.len(),
+        load.whole.len() as f64 / load.wall.as_secs_f64(),
+        stats::ms(load.whole.p(50)),
+        stats::ms(load.whole.p(95)),
+        stats::ms(load.whole.p(99)),
+        load.degraded,
+    );
 }
 
 /// What the server-side deadline costs: `SELECT 1` on one pooled connection,
 /// plain and through `fanout::postgres::query` (SET, statement and RESET
 /// pipelined), alternating so both see the same machine.
-async fn statement_overhead(dashboard: &Dashboard) -> Result<(), String> {
-    let client = dashboard.0.pool().get().await.map_err(|e| e.to_string())?;
+async fn statement_overhead(pool: &Pool) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
     let statement = client
         .prepare_cached("SELECT 1")
         .await
@@ -148,7 +206,7 @@ async fn statement_overhead(dashboard: &Dashboard) -> Result<(), String> {
 /// Runs `total` dashboards from `clients` tasks, tenant after tenant.
 async fn load(
     fan_out: &FanOut,
-    dashboard: &Arc<Dashboard>,
+    dashboard: &Arc<Layered>,
     tenants: &Arc<[TenantId]>,
     clients: usize,
     total: usize,
@@ -175,19 +233,19 @@ async fn load(
                     }
                     let tenant = &tenants[ticket % tenants.len()];
                     let begun = Instant::now();
-                    let (a, b, c, d, e, f) = fan_out.run(tenant, widgets::refs(&dashboard)).await;
+                    let (a, b, c, d, e, f) = fan_out.run(tenant, layers::refs(&dashboard)).await;
                     load.whole.push(begun.elapsed());
                     let each = [
-                        (a.elapsed, a.is_fresh()),
-                        (b.elapsed, b.is_fresh()),
-                        (c.elapsed, c.is_fresh()),
-                        (d.elapsed, d.is_fresh()),
-                        (e.elapsed, e.is_fresh()),
-                        (f.elapsed, f.is_fresh()),
+                        (a.elapsed, a.is_degraded()),
+                        (b.elapsed, b.is_degraded()),
+                        (c.elapsed, c.is_degraded()),
+                        (d.elapsed, d.is_degraded()),
+                        (e.elapsed, e.is_degraded()),
+                        (f.elapsed, f.is_degraded()),
                     ];
-                    for (samples, (elapsed, fresh)) in load.per_query.iter_mut().zip(each) {
+                    for (samples, (elapsed, degraded)) in load.per_query.iter_mut().zip(each) {
                         samples.push(elapsed);
-                        load.degraded += usize::from(!fresh);
+                        load.degraded += usize::from(degraded);
                     }
                 }
             })

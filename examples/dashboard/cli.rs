@@ -20,7 +20,9 @@ options:
   --timeout MS         each query's timeout (default 2000)
   --deadline MS        the whole dashboard's deadline (default 3000)
   --pool N             connections in the pool, and permits of the shared limiter (default 10)
-  --bench              load mode: concurrent clients for a fixed number of dashboards
+  --cache              serve widgets through an in-process cache (TTL, coalescing, stale-if-error)
+  --cache-ttl SECS     --cache: how long a value is served (default 30; stale for 10 minutes more)
+  --bench              load mode: sequential vs concurrent vs cached, for a fixed number of dashboards
   --clients C          --bench: concurrent clients (default 32)
   --dashboards N       --bench: dashboards per mode (default 2000)
   -h, --help           this text
@@ -37,6 +39,8 @@ pub struct Args {
     pub timeout_ms: u64,
     pub deadline_ms: u64,
     pub pool: usize,
+    pub cache: bool,
+    pub cache_ttl_secs: u64,
     pub bench: bool,
     pub clients: usize,
     pub dashboards: usize,
@@ -62,6 +66,8 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
         timeout_ms: 2000,
         deadline_ms: 3000,
         pool: 10,
+        cache: false,
+        cache_ttl_secs: 30,
         bench: false,
         clients: 32,
         dashboards: 2000,
@@ -80,6 +86,8 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
             Long("timeout") => parsed.timeout_ms = positive(&mut parser, "--timeout")?,
             Long("deadline") => parsed.deadline_ms = positive(&mut parser, "--deadline")?,
             Long("pool") => parsed.pool = positive(&mut parser, "--pool")?,
+            Long("cache") => parsed.cache = true,
+            Long("cache-ttl") => parsed.cache_ttl_secs = positive(&mut parser, "--cache-ttl")?,
             Long("bench") => parsed.bench = true,
             Long("clients") => parsed.clients = positive(&mut parser, "--clients")?,
             Long("dashboards") => parsed.dashboards = positive(&mut parser, "--dashboards")?,

@@ -10,6 +10,7 @@
 //! ```sh
 //! cargo run --example dashboard
 //! cargo run --example dashboard -- --slow-query arrears --break-query outstanding
+//! cargo run --example dashboard -- --cache --cache-ttl 2 --break-query outstanding
 //! cargo run --release --example dashboard -- --bench
 //! ```
 //!
@@ -20,6 +21,7 @@
 mod bench;
 mod cli;
 mod db;
+mod layers;
 mod seed;
 mod sql;
 mod stats;
@@ -31,6 +33,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fanout::cache::{CachePolicy, QueryCache};
 use fanout::{FanOut, Outcome, TenantId};
 use tokio::sync::Semaphore;
 
@@ -127,7 +130,7 @@ async fn run(args: Args) -> Result<(), String> {
         .deadline(Duration::from_millis(args.deadline_ms))
         .limiter(limiter);
     let sequential = concurrent.clone().sequential();
-    let dashboard = widgets::dashboard(&pool, |name| {
+    let mode = |name: &str| {
         if args.slow.contains(name) {
             Mode::Slow
         } else if args.broken.contains(name) {
@@ -135,24 +138,42 @@ async fn run(args: Args) -> Result<(), String> {
         } else {
             Mode::Normal
         }
-    });
+    };
+    let cache = QueryCache::new(100_000);
+    let policy = CachePolicy::ttl(Duration::from_secs(args.cache_ttl_secs))
+        .stale_if_error(Duration::from_secs(600));
 
     if args.bench {
         let tenants: Vec<TenantId> = (1..=args.tenants)
             .map(|n| TenantId::new(seed::tenant_id(n)).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?;
-        return bench::run(
-            &args,
-            Arc::new(dashboard),
-            &sequential,
-            &concurrent,
-            &tenants,
-        )
-        .await;
+        let layered = |cache| Arc::new(layers::layer(widgets::dashboard(&pool, mode), cache));
+        let dashboards = bench::Dashboards {
+            direct: layered(None),
+            cached: layered(Some((&cache, policy))),
+        };
+        return bench::run(&args, &pool, dashboards, &sequential, &concurrent, &tenants).await;
     }
 
-    // Fill the pool and prepare the statements before anything is timed.
-    concurrent.run(&tenant, widgets::refs(&dashboard)).await;
+    let layer = args.cache.then_some((&cache, policy));
+    let dashboard = layers::layer(widgets::dashboard(&pool, mode), layer);
+    let degraded = !args.slow.is_empty() || !args.broken.is_empty();
+    if args.cache && degraded {
+        // Show stale-if-error: fill the cache with healthy widgets, let the
+        // values pass their TTL, then load the degraded dashboard.
+        let healthy = layers::layer(widgets::dashboard(&pool, |_| Mode::Normal), layer);
+        concurrent.run(&tenant, layers::refs(&healthy)).await;
+        println!(
+            "
+cache filled by a healthy dashboard; waiting {} s for the values to pass their TTL",
+            args.cache_ttl_secs
+        );
+        tokio::time::sleep(Duration::from_secs(args.cache_ttl_secs)).await;
+    } else {
+        // Fill the pool and prepare the statements (and, with --cache, the
+        // cache) before anything is timed.
+        concurrent.run(&tenant, layers::refs(&dashboard)).await;
+    }
 
     println!(
         "\ntenant {tenant}: one dashboard, six queries at once (timeout {} ms each, deadline {} ms, pool {})",
@@ -160,7 +181,7 @@ async fn run(args: Args) -> Result<(), String> {
     );
     let started = Instant::now();
     let (revenue, outstanding, children, invoices, payments, arrears) =
-        concurrent.run(&tenant, widgets::refs(&dashboard)).await;
+        concurrent.run(&tenant, layers::refs(&dashboard)).await;
     let whole = started.elapsed();
     print_widget("total_revenue", &revenue);
     print_widget("outstanding", &outstanding);
@@ -216,14 +237,14 @@ fn print_widget<T: Display>(name: &str, outcome: &Outcome<T>) {
 async fn rounds(
     fan_out: &FanOut,
     tenant: &TenantId,
-    dashboard: &widgets::Dashboard,
+    dashboard: &layers::Layered,
     rounds: usize,
 ) -> (Samples, Vec<Samples>) {
     let mut whole = Samples::default();
     let mut per_query = vec![Samples::default(); widgets::NAMES.len()];
     for _ in 0..rounds {
         let started = Instant::now();
-        let (a, b, c, d, e, f) = fan_out.run(tenant, widgets::refs(dashboard)).await;
+        let (a, b, c, d, e, f) = fan_out.run(tenant, layers::refs(dashboard)).await;
         whole.push(started.elapsed());
         for (samples, elapsed) in per_query.iter_mut().zip([
             a.elapsed, b.elapsed, c.elapsed, d.elapsed, e.elapsed, f.elapsed,

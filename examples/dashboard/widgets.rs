@@ -62,12 +62,6 @@ impl<T> Widget<T> {
     }
 }
 
-impl<T> Widget<T> {
-    /// The pool the widget queries.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-}
 
 /// Why a widget's query failed.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +105,7 @@ impl<T: Send + Default> DashboardQuery for Widget<T> {
 }
 
 /// Integer cents of South African rand.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Cents(pub i64);
 
 impl fmt::Display for Cents {
@@ -130,17 +124,17 @@ impl fmt::Display for Cents {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StatusCount {
     pub status: String,
     pub count: i64,
     pub amount: Cents,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct InvoiceStats(pub Vec<StatusCount>);
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Payment {
     pub id: i64,
     pub paid_at: SystemTime,
@@ -149,10 +143,10 @@ pub struct Payment {
     pub child: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RecentPayments(pub Vec<Payment>);
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Arrear {
     pub parent_id: i64,
     pub parent: String,
@@ -160,7 +154,7 @@ pub struct Arrear {
     pub days_overdue: i32,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Arrears(pub Vec<Arrear>);
 
 fn one_bigint(rows: &[Row]) -> Result<i64, String> {
@@ -306,6 +300,7 @@ impl fmt::Display for Arrears {
 }
 
 /// The dashboard borrowed, so one set of widgets serves every run.
+#[allow(dead_code)] // the tests use it; the example borrows through `layers`
 pub type DashboardRefs<'a> = (
     &'a Widget<Cents>,
     &'a Widget<Cents>,
@@ -315,6 +310,7 @@ pub type DashboardRefs<'a> = (
     &'a Widget<Arrears>,
 );
 
+#[allow(dead_code)] // the tests use it; the example borrows through `layers`
 pub fn refs(d: &Dashboard) -> DashboardRefs<'_> {
     (&d.0, &d.1, &d.2, &d.3, &d.4, &d.5)
 }

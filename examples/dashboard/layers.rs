@@ -1,0 +1,171 @@
+//! What `--cache` puts around each widget: an optional in-process cache,
+//! over a count of the widget's database executions (so the load test can
+//! show how many queries the database really saw).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use fanout::cache::{CachePolicy, Cached, QueryCache};
+use fanout::{DashboardQuery, Loaded, QueryContext, TenantId};
+
+use crate::widgets::{Arrears, Cents, Dashboard, InvoiceStats, RecentPayments, Widget};
+
+/// Counts how many times the wrapped query ran against the database.
+pub struct Counted<Q> {
+    query: Q,
+    runs: AtomicUsize,
+}
+
+impl<Q> Counted<Q> {
+    pub fn runs(&self) -> usize {
+        self.runs.load(Ordering::Relaxed)
+    }
+}
+
+impl<Q: DashboardQuery> DashboardQuery for Counted<Q> {
+    type Output = Q::Output;
+    type Error = Q::Error;
+
+    fn name(&self) -> &'static str {
+        self.query.name()
+    }
+
+    async fn run(&self, ctx: QueryContext) -> Result<Q::Output, Q::Error> {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.query.run(ctx).await
+    }
+
+    fn fallback(&self) -> Q::Output {
+        self.query.fallback()
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        self.query.timeout()
+    }
+}
+
+/// A widget served straight from the database, or through the cache.
+pub enum Layer<Q> {
+    Direct(Counted<Q>),
+    Cached(Cached<Counted<Q>>),
+}
+
+impl<Q> Layer<Q> {
+    fn new(query: Q, cache: Option<(&QueryCache, CachePolicy)>) -> Self {
+        let counted = Counted {
+            query,
+            runs: AtomicUsize::new(0),
+        };
+        match cache {
+            None => Self::Direct(counted),
+            Some((cache, policy)) => Self::Cached(Cached::new(counted, cache, policy)),
+        }
+    }
+
+    /// Database executions so far.
+    pub fn runs(&self) -> usize {
+        match self {
+            Self::Direct(counted) => counted.runs(),
+            Self::Cached(cached) => cached.inner().runs(),
+        }
+    }
+}
+
+impl<Q> DashboardQuery for Layer<Q>
+where
+    Q: DashboardQuery,
+    Q::Output: Clone + Sync + 'static,
+{
+    type Output = Q::Output;
+    type Error = Q::Error;
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Direct(q) => q.name(),
+            Self::Cached(q) => q.name(),
+        }
+    }
+
+    async fn run(&self, ctx: QueryContext) -> Result<Q::Output, Q::Error> {
+        match self {
+            Self::Direct(q) => q.run(ctx).await,
+            Self::Cached(q) => q.run(ctx).await,
+        }
+    }
+
+    fn fallback(&self) -> Q::Output {
+        match self {
+            Self::Direct(q) => q.fallback(),
+            Self::Cached(q) => q.fallback(),
+        }
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        match self {
+            Self::Direct(q) => q.timeout(),
+            Self::Cached(q) => q.timeout(),
+        }
+    }
+
+    async fn load(&self, ctx: QueryContext) -> Result<Loaded<Q::Output>, Q::Error> {
+        match self {
+            Self::Direct(q) => q.load(ctx).await,
+            Self::Cached(q) => q.load(ctx).await,
+        }
+    }
+
+    async fn stale(&self, tenant: &TenantId) -> Option<(Q::Output, Duration)> {
+        match self {
+            Self::Direct(q) => q.stale(tenant).await,
+            Self::Cached(q) => q.stale(tenant).await,
+        }
+    }
+}
+
+/// The six widgets, each in its layer.
+pub type Layered = (
+    Layer<Widget<Cents>>,
+    Layer<Widget<Cents>>,
+    Layer<Widget<i64>>,
+    Layer<Widget<InvoiceStats>>,
+    Layer<Widget<RecentPayments>>,
+    Layer<Widget<Arrears>>,
+);
+
+pub type LayeredRefs<'a> = (
+    &'a Layer<Widget<Cents>>,
+    &'a Layer<Widget<Cents>>,
+    &'a Layer<Widget<i64>>,
+    &'a Layer<Widget<InvoiceStats>>,
+    &'a Layer<Widget<RecentPayments>>,
+    &'a Layer<Widget<Arrears>>,
+);
+
+/// Puts every widget of `dashboard` in a layer: through `cache` when given.
+pub fn layer(dashboard: Dashboard, cache: Option<(&QueryCache, CachePolicy)>) -> Layered {
+    let (a, b, c, d, e, f) = dashboard;
+    (
+        Layer::new(a, cache),
+        Layer::new(b, cache),
+        Layer::new(c, cache),
+        Layer::new(d, cache),
+        Layer::new(e, cache),
+        Layer::new(f, cache),
+    )
+}
+
+pub fn refs(d: &Layered) -> LayeredRefs<'_> {
+    (&d.0, &d.1, &d.2, &d.3, &d.4, &d.5)
+}
+
+/// Database executions of each widget so far, in dashboard order.
+pub fn runs(d: &Layered) -> [usize; 6] {
+    [
+        d.0.runs(),
+        d.1.runs(),
+        d.2.runs(),
+        d.3.runs(),
+        d.4.runs(),
+        d.5.runs(),
+    ]
+}
