@@ -96,6 +96,20 @@
 //! | panics                                       | `Panicked(message)`        | `Fallback(Failure::Panicked(message))`      | ERROR |
 //! | waits on a [closed limiter](FanOut::limiter) | `LimiterClosed`            | `Fallback(Failure::LimiterClosed)`          | WARN  |
 //!
+//! With a cache (feature `cache`), a value served from it is
+//! `Source::Cached { age }` (DEBUG), and a failed query with a last good
+//! value younger than its stale-if-error window shows that value as
+//! `Source::Stale { age, cause }` (WARN) instead of its fallback.
+//!
+//! # Features
+//!
+//! | feature    | adds |
+//! |------------|------|
+//! | `cache`    | [`cache`]: per-query TTL, one execution per (tenant, query) for concurrent callers, stale-if-error, `warm` (moka) |
+//! | `postgres` | [`postgres`]: run a tokio-postgres statement under the query's deadline, enforced by the server |
+//! | `serde`    | [`dynamic`]: widget sets chosen at run time, values as `serde_json::Value` |
+//! | `metrics`  | [`metrics`]: query outcome counters and latency histograms through the `metrics` facade |
+//!
 //! # Logging
 //!
 //! Through [`tracing`]: a span per fan-out (`fan_out`) and per query
