@@ -62,7 +62,6 @@ impl<T> Widget<T> {
     }
 }
 
-
 /// Why a widget's query failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WidgetError {
@@ -137,10 +136,20 @@ pub struct InvoiceStats(pub Vec<StatusCount>);
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Payment {
     pub id: i64,
+    #[serde(rename = "paid_at_unix_ms", serialize_with = "unix_millis")]
     pub paid_at: SystemTime,
     pub amount: Cents,
     pub parent: String,
     pub child: String,
+}
+
+/// A timestamp as milliseconds since the Unix epoch: a plain number any
+/// client can read, without a date library here.
+fn unix_millis<S: serde::Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    let millis = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    serializer.serialize_u128(millis)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
