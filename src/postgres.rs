@@ -89,22 +89,7 @@ pub async fn query(
     statement: &Statement,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Row>, Error> {
-    let Some(remaining) = ctx.remaining() else {
-        return client.query(statement, params).await;
-    };
-    let set = format!(
-        "SET statement_timeout = {}",
-        statement_timeout_ms(remaining)
-    );
-    // Polled together, the three requests are sent in this order before any
-    // answer is awaited: one round trip.
-    let ((), rows, ()) = try_join3(
-        client.batch_execute(&set),
-        client.query(statement, params),
-        client.batch_execute("RESET statement_timeout"),
-    )
-    .await?;
-    Ok(rows)
+    under_deadline(client, ctx, client.query(statement, params)).await
 }
 
 /// Runs `statement` with `params`, stopped by the server at `ctx`'s
@@ -142,20 +127,32 @@ pub async fn query_one(
     statement: &Statement,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Row, Error> {
+    under_deadline(client, ctx, client.query_one(statement, params)).await
+}
+
+/// Runs `statement` (a request on `client`, not yet polled) between
+/// `SET statement_timeout` and `RESET statement_timeout`. Polled together,
+/// the three requests are sent in this order before any answer is awaited:
+/// one round trip.
+async fn under_deadline<T>(
+    client: &Client,
+    ctx: &QueryContext,
+    statement: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     let Some(remaining) = ctx.remaining() else {
-        return client.query_one(statement, params).await;
+        return statement.await;
     };
     let set = format!(
         "SET statement_timeout = {}",
         statement_timeout_ms(remaining)
     );
-    let ((), row, ()) = try_join3(
+    let ((), value, ()) = try_join3(
         client.batch_execute(&set),
-        client.query_one(statement, params),
+        statement,
         client.batch_execute("RESET statement_timeout"),
     )
     .await?;
-    Ok(row)
+    Ok(value)
 }
 
 /// `remaining` plus the grace in whole milliseconds, rounded up, at least 1 (PostgreSQL reads 0 as "no
