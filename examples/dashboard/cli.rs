@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::widgets::NAMES;
+use crate::flags::{positive, text, widget};
 
 pub const USAGE: &str = "\
 usage: cargo run --example dashboard -- [options]
@@ -103,40 +103,4 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
     let degraded = !parsed.slow.is_empty() || !parsed.broken.is_empty();
     parsed.rounds = rounds.unwrap_or(if degraded { 5 } else { 30 });
     Ok(Parsed::Run(parsed))
-}
-
-fn text(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
-    let value = parser
-        .value()
-        .map_err(|_| format!("{flag} needs a value"))?;
-    value
-        .into_string()
-        .map_err(|v| format!("{flag}: {v:?} is not valid UTF-8"))
-}
-
-fn positive<N: std::str::FromStr + PartialOrd + Default>(
-    parser: &mut lexopt::Parser,
-    flag: &str,
-) -> Result<N, String> {
-    let value = text(parser, flag)?;
-    match value.parse::<N>() {
-        Ok(n) if n > N::default() => Ok(n),
-        _ => Err(format!(
-            "{flag} takes a positive whole number, not {value:?}"
-        )),
-    }
-}
-
-fn widget(parser: &mut lexopt::Parser, flag: &str) -> Result<&'static str, String> {
-    let value = text(parser, flag)?;
-    NAMES
-        .iter()
-        .find(|name| **name == value)
-        .copied()
-        .ok_or_else(|| {
-            format!(
-                "{flag}: unknown widget {value:?}; expected one of {}",
-                NAMES.join(", ")
-            )
-        })
 }

@@ -21,8 +21,10 @@
 mod bench;
 mod cli;
 mod db;
+mod flags;
 mod layers;
 mod seed;
+mod setup;
 mod sql;
 mod stats;
 mod throwaway_pg;
@@ -63,51 +65,16 @@ fn main() -> ExitCode {
     } else {
         tracing::Level::WARN
     };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("dashboard: cannot start the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome = runtime.block_on(async {
-        tokio::select! {
-            outcome = run(args) => outcome,
-            _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
-        }
-    });
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("dashboard: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    setup::run_main("dashboard", level, run(args), || {
+        Err("interrupted".to_owned())
+    })
 }
 
 async fn run(args: Args) -> Result<(), String> {
     let tenant = TenantId::new(&args.tenant).map_err(|e| format!("--tenant: {e}"))?;
-    // Held to the end: dropping it stops and deletes the throw-away server.
-    let (_server, url) = match std::env::var("DATABASE_URL") {
-        Ok(url) => (None, url),
-        Err(_) => {
-            eprintln!("DATABASE_URL is not set: starting a throw-away PostgreSQL");
-            let server = tokio::task::spawn_blocking(throwaway_pg::ThrowawayPostgres::start)
-                .await
-                .map_err(|e| e.to_string())??;
-            let url = server.url().to_owned();
-            (Some(server), url)
-        }
-    };
-    let config = db::config(&url, SCHEMA)?;
-    let client = db::connect(&config).await?;
-    seed::ensure_seeded(&client, SCHEMA, args.tenants, true).await?;
+    // Held to the end: dropping it stops and deletes a throw-away server.
+    let database = setup::database(SCHEMA, args.tenants).await?;
+    let client = db::connect(&database.config).await?;
     let known = client
         .query_opt("SELECT 1 FROM tenants WHERE id = $1", &[&tenant.as_str()])
         .await
@@ -119,9 +86,8 @@ async fn run(args: Args) -> Result<(), String> {
             seed::tenant_id(args.tenants)
         ));
     }
-    drop(client);
 
-    let pool = db::pool(config, args.pool, Duration::from_secs(5))?;
+    let pool = db::pool(database.config.clone(), args.pool, Duration::from_secs(5))?;
     // One limiter for every dashboard, sized to the pool: a query never
     // waits for a connection while its timeout runs.
     let limiter = Arc::new(Semaphore::new(args.pool));
@@ -130,15 +96,7 @@ async fn run(args: Args) -> Result<(), String> {
         .deadline(Duration::from_millis(args.deadline_ms))
         .limiter(limiter);
     let sequential = concurrent.clone().sequential();
-    let mode = |name: &str| {
-        if args.slow.contains(name) {
-            Mode::Slow
-        } else if args.broken.contains(name) {
-            Mode::Broken
-        } else {
-            Mode::Normal
-        }
-    };
+    let mode = setup::modes(&args.slow, &args.broken);
     let cache = QueryCache::new(100_000);
     let policy = CachePolicy::ttl(Duration::from_secs(args.cache_ttl_secs))
         .stale_if_error(Duration::from_secs(600));

@@ -20,8 +20,12 @@
 mod app;
 #[path = "../dashboard/db.rs"]
 mod db;
+#[path = "../dashboard/flags.rs"]
+mod flags;
 #[path = "../dashboard/seed.rs"]
 mod seed;
+#[path = "../dashboard/setup.rs"]
+mod setup;
 #[path = "../dashboard/sql.rs"]
 mod sql;
 #[path = "../dashboard/throwaway_pg.rs"]
@@ -37,7 +41,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::net::TcpListener;
 
-use widgets::{Mode, NAMES};
+use flags::{positive, widget};
 
 /// The schema the example creates its tables in.
 const SCHEMA: &str = "fanout_demo";
@@ -87,37 +91,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("dashboard_server: cannot start the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Ctrl-C stops the server; dropping `serve` also stops and deletes a
-    // throw-away PostgreSQL, even one still starting or seeding.
-    let outcome = runtime.block_on(async {
-        tokio::select! {
-            outcome = serve(args) => outcome,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("dashboard_server: stopped");
-                Ok(())
-            }
-        }
-    });
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("dashboard_server: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    // Ctrl-C stops the server, and with it a throw-away PostgreSQL.
+    setup::run_main(
+        "dashboard_server",
+        tracing::Level::WARN,
+        serve(args),
+        || {
+            eprintln!("dashboard_server: stopped");
+            Ok(())
+        },
+    )
 }
 
 async fn serve(args: Args) -> Result<(), String> {
@@ -139,37 +122,15 @@ async fn serve(args: Args) -> Result<(), String> {
         }
     });
 
-    // Held to the end: dropping it stops and deletes the throw-away server.
-    let (_server, url) = match std::env::var("DATABASE_URL") {
-        Ok(url) => (None, url),
-        Err(_) => {
-            eprintln!("DATABASE_URL is not set: starting a throw-away PostgreSQL");
-            let server = tokio::task::spawn_blocking(throwaway_pg::ThrowawayPostgres::start)
-                .await
-                .map_err(|e| e.to_string())??;
-            let url = server.url().to_owned();
-            (Some(server), url)
-        }
-    };
-    let config = db::config(&url, SCHEMA)?;
-    let client = db::connect(&config).await?;
-    seed::ensure_seeded(&client, SCHEMA, args.tenants, true).await?;
-    drop(client);
-    let pool = db::pool(config, args.pool, Duration::from_secs(5))?;
+    // Held to the end: dropping it stops and deletes a throw-away server.
+    let database = setup::database(SCHEMA, args.tenants).await?;
+    let pool = db::pool(database.config.clone(), args.pool, Duration::from_secs(5))?;
 
     let limits = app::Limits {
         timeout: Duration::from_millis(args.timeout_ms),
         deadline: Duration::from_millis(args.deadline_ms),
     };
-    let mode = |name: &str| {
-        if args.slow.contains(name) {
-            Mode::Slow
-        } else if args.broken.contains(name) {
-            Mode::Broken
-        } else {
-            Mode::Normal
-        }
-    };
+    let mode = setup::modes(&args.slow, &args.broken);
     let router = app::router(app::AppState::new(pool, limits, mode, metrics));
 
     let base = format!("http://{address}");
@@ -226,40 +187,4 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Option<Ar
         ));
     }
     Ok(Some(parsed))
-}
-
-fn text(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
-    let value = parser
-        .value()
-        .map_err(|_| format!("{flag} needs a value"))?;
-    value
-        .into_string()
-        .map_err(|v| format!("{flag}: {v:?} is not valid UTF-8"))
-}
-
-fn positive<N: std::str::FromStr + PartialOrd + Default>(
-    parser: &mut lexopt::Parser,
-    flag: &str,
-) -> Result<N, String> {
-    let value = text(parser, flag)?;
-    match value.parse::<N>() {
-        Ok(n) if n > N::default() => Ok(n),
-        _ => Err(format!(
-            "{flag} takes a positive whole number, not {value:?}"
-        )),
-    }
-}
-
-fn widget(parser: &mut lexopt::Parser, flag: &str) -> Result<&'static str, String> {
-    let value = text(parser, flag)?;
-    NAMES
-        .iter()
-        .find(|name| **name == value)
-        .copied()
-        .ok_or_else(|| {
-            format!(
-                "{flag}: unknown widget {value:?}; expected one of {}",
-                NAMES.join(", ")
-            )
-        })
 }
