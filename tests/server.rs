@@ -10,6 +10,7 @@
 mod app;
 #[path = "../examples/dashboard/db.rs"]
 mod db;
+mod pg;
 #[path = "../examples/dashboard/seed.rs"]
 mod seed;
 #[path = "../examples/dashboard/sql.rs"]
@@ -29,38 +30,12 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OnceCell;
-use tokio_postgres::Config;
 
+use pg::{TENANTS, seeded};
 use widgets::Mode;
 
-const SCHEMA: &str = "fanout_test";
-const TENANTS: u32 = 20;
 /// No request of these tests should come near this.
 const REQUEST_LIMIT: Duration = Duration::from_secs(60);
-
-/// The database config, pointed at the seeded schema (seeding it once per
-/// test binary), with `application` as `application_name`.
-async fn seeded(application: &str) -> Config {
-    static SEEDED: OnceCell<()> = OnceCell::const_new();
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "DATABASE_URL is not set: run scripts/test (it starts a throw-away PostgreSQL), \
-             or point DATABASE_URL at a PostgreSQL database the tests may create a schema in"
-        )
-    });
-    let mut config = db::config(&url, SCHEMA).unwrap_or_else(|e| panic!("{e}"));
-    SEEDED
-        .get_or_init(|| async {
-            let client = db::connect(&config).await.unwrap_or_else(|e| panic!("{e}"));
-            seed::ensure_seeded(&client, SCHEMA, TENANTS, false)
-                .await
-                .unwrap_or_else(|e| panic!("seeding failed: {e}"));
-        })
-        .await;
-    config.application_name(application);
-    config
-}
 
 /// The global metrics recorder: a process has one, so every test shares it.
 fn metrics() -> PrometheusHandle {

@@ -1,9 +1,5 @@
 //! Database tests: the dashboard example's six widgets against a real
-//! PostgreSQL, seeded by the tests themselves (20 tenants, in the schema
-//! `fanout_test`, reused while the seed SQL is unchanged).
-//!
-//! `scripts/test` starts a throw-away PostgreSQL and sets `DATABASE_URL`;
-//! without it these tests fail, saying so. They never skip.
+//! PostgreSQL, seeded by the tests themselves (see `tests/pg`).
 
 #[path = "../../examples/dashboard/db.rs"]
 mod db;
@@ -14,6 +10,9 @@ mod sql;
 #[path = "../../examples/dashboard/widgets.rs"]
 mod widgets;
 
+#[path = "../pg/mod.rs"]
+mod pg;
+
 mod accuracy;
 mod pool;
 mod timeouts;
@@ -22,34 +21,9 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use fanout::TenantId;
-use tokio::sync::OnceCell;
 use tokio_postgres::{Client, Config};
 
-const SCHEMA: &str = "fanout_test";
-const TENANTS: u32 = 20;
-
-/// The database config, pointed at the seeded schema, with `application`
-/// as `application_name` so `pg_stat_activity` can tell tests apart.
-pub async fn seeded(application: &str) -> Config {
-    static SEEDED: OnceCell<()> = OnceCell::const_new();
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "DATABASE_URL is not set: run scripts/test (it starts a throw-away PostgreSQL), \
-             or point DATABASE_URL at a PostgreSQL database the tests may create a schema in"
-        )
-    });
-    let mut config = db::config(&url, SCHEMA).unwrap_or_else(|e| panic!("{e}"));
-    SEEDED
-        .get_or_init(|| async {
-            let client = connect(&config).await;
-            seed::ensure_seeded(&client, SCHEMA, TENANTS, false)
-                .await
-                .unwrap_or_else(|e| panic!("seeding failed: {e}"));
-        })
-        .await;
-    config.application_name(application);
-    config
-}
+pub use pg::{TENANTS, seeded};
 
 pub async fn connect(config: &Config) -> Client {
     db::connect(config).await.unwrap_or_else(|e| panic!("{e}"))
