@@ -15,49 +15,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use fanout::{DashboardQuery, FanOut, QueryContext, TenantId};
-use futures_util::FutureExt;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::timeout;
 
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn ready(i: u64) -> Result<u64, u64> {
-    Ok(i)
-}
-
-async fn mixed(i: u64) -> Result<u64, u64> {
-    if i % 10 == 9 { Err(i) } else { Ok(i) }
-}
-
-async fn yield_once(i: u64) -> Result<u64, u64> {
-    tokio::task::yield_now().await;
-    Ok(i)
-}
-
-/// The baseline: `FuturesUnordered` over `timeout`-wrapped inputs, results
-/// put back in input order.
-async fn hand_written<F, Fut>(
-    n: usize,
-    make: F,
-) -> Vec<Result<Fut::Output, tokio::time::error::Elapsed>>
-where
-    F: Fn(u64) -> Fut,
-    Fut: Future,
-{
-    let mut in_flight = FuturesUnordered::new();
-    for (index, input) in (0..n as u64).map(make).enumerate() {
-        in_flight.push(timeout(TIMEOUT, input).map(move |result| (index, result)));
-    }
-    let mut slots: Vec<Option<_>> = Vec::new();
-    slots.resize_with(n, || None);
-    while let Some((index, result)) = in_flight.next().await {
-        slots[index] = Some(result);
-    }
-    slots
-        .into_iter()
-        .map(|slot| slot.expect("every input settles"))
-        .collect()
-}
+mod common;
+use common::{TIMEOUT, futures_unordered_timeout, mixed, ready, yield_once};
 
 /// A ready dashboard query.
 struct Ready(&'static str, i64);
@@ -139,9 +100,11 @@ fn main() -> ExitCode {
     let known = runtime.block_on(async {
         for _ in 0..iterations {
             match (variant.as_str(), kind.as_str()) {
-                ("baseline", "ready") => drop(black_box(hand_written(n, ready).await)),
-                ("baseline", "yield") => drop(black_box(hand_written(n, yield_once).await)),
-                ("baseline", "mixed") => drop(black_box(hand_written(n, mixed).await)),
+                ("baseline", "ready") => drop(black_box(futures_unordered_timeout(n, ready).await)),
+                ("baseline", "yield") => {
+                    drop(black_box(futures_unordered_timeout(n, yield_once).await))
+                }
+                ("baseline", "mixed") => drop(black_box(futures_unordered_timeout(n, mixed).await)),
                 ("settle", "ready") => drop(black_box(settle.settle(inputs().map(ready)).await)),
                 ("settle", "yield") => {
                     drop(black_box(settle.settle(inputs().map(yield_once)).await))

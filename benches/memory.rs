@@ -14,16 +14,13 @@ use std::future::Future;
 use std::hint::black_box;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::time::Duration;
 
 use fanout::FanOut;
-use futures_util::future::FutureExt;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::runtime::Runtime;
-use tokio::time::timeout;
+mod common;
+use common::{TIMEOUT, futures_unordered_timeout, yield_once};
 
 const N: usize = 100_000;
-const TIMEOUT: Duration = Duration::from_secs(10);
 const RUNS: usize = 5;
 
 // --- the counting allocator -------------------------------------------------
@@ -88,30 +85,8 @@ static GLOBAL: Counting = Counting;
 
 // --- the variants -----------------------------------------------------------
 
-async fn yield_once(i: u64) -> Result<u64, u64> {
-    tokio::task::yield_now().await;
-    Ok(i)
-}
-
 fn inputs() -> impl Iterator<Item = impl Future<Output = Result<u64, u64>>> {
     (0..N as u64).map(yield_once)
-}
-
-/// The hand-written baseline, as in `benches/overhead.rs`.
-async fn futures_unordered_timeout() -> Vec<Result<Result<u64, u64>, tokio::time::error::Elapsed>> {
-    let mut in_flight = FuturesUnordered::new();
-    for (index, input) in inputs().enumerate() {
-        in_flight.push(timeout(TIMEOUT, input).map(move |result| (index, result)));
-    }
-    let mut slots: Vec<Option<_>> = Vec::with_capacity(N);
-    slots.resize_with(N, || None);
-    while let Some((index, result)) = in_flight.next().await {
-        slots[index] = Some(result);
-    }
-    slots
-        .into_iter()
-        .map(|slot| slot.expect("every input settles"))
-        .collect()
 }
 
 #[derive(Clone, Copy)]
@@ -162,7 +137,7 @@ fn main() {
         .timeout(TIMEOUT)
         .concurrency(NonZeroUsize::new(64).expect("non-zero"));
 
-    let baseline = measure(&rt, futures_unordered_timeout);
+    let baseline = measure(&rt, || futures_unordered_timeout(N, yield_once));
     let rows = [
         ("settle_timeout", measure(&rt, || settle.settle(inputs()))),
         (

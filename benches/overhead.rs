@@ -27,14 +27,13 @@ use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement
 use fanout::{
     DashboardQuery, FanOut, Outcome, QueryContext, TenantId, join_all_settled_with_timeout,
 };
-use futures_util::future::{FutureExt, join_all};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::future::join_all;
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
 
-/// The per-input timeout of every fan-out variant: never reached.
-const TIMEOUT: Duration = Duration::from_secs(10);
+mod common;
+use common::{TIMEOUT, futures_unordered_timeout, mixed, ready, yield_once};
 
 const SIZES: [usize; 4] = [6, 100, 10_000, 100_000];
 
@@ -46,19 +45,6 @@ fn runtime() -> Runtime {
 }
 
 // --- inputs -----------------------------------------------------------------
-
-async fn ready(i: u64) -> Result<u64, u64> {
-    Ok(i)
-}
-
-async fn yield_once(i: u64) -> Result<u64, u64> {
-    tokio::task::yield_now().await;
-    Ok(i)
-}
-
-async fn mixed(i: u64) -> Result<u64, u64> {
-    if i % 10 == 9 { Err(i) } else { Ok(i) }
-}
 
 // --- hand-written baselines -------------------------------------------------
 
@@ -72,31 +58,6 @@ where
     Fut: Future,
 {
     join_all((0..n as u64).map(|i| timeout(TIMEOUT, make(i)))).await
-}
-
-/// `FuturesUnordered` of `(index, timeout(fut))`, results put back in input
-/// order through a `Vec<Option<_>>`. The reference every ratio is taken to.
-async fn baseline_futures_unordered<F, Fut>(
-    n: usize,
-    make: F,
-) -> Vec<Result<Fut::Output, tokio::time::error::Elapsed>>
-where
-    F: Fn(u64) -> Fut,
-    Fut: Future,
-{
-    let mut in_flight = FuturesUnordered::new();
-    for (index, input) in (0..n as u64).map(&make).enumerate() {
-        in_flight.push(timeout(TIMEOUT, input).map(move |result| (index, result)));
-    }
-    let mut slots: Vec<Option<_>> = Vec::with_capacity(n);
-    slots.resize_with(n, || None);
-    while let Some((index, result)) = in_flight.next().await {
-        slots[index] = Some(result);
-    }
-    slots
-        .into_iter()
-        .map(|slot| slot.expect("every input settles"))
-        .collect()
 }
 
 /// `JoinSet`: every input spawned as its own task, `(index, result)`
@@ -170,7 +131,7 @@ where
                 .iter(|| settle_c64.settle((0..n as u64).map(make)));
         });
         group.bench_function("futures_unordered_timeout", |b| {
-            b.to_async(rt).iter(|| baseline_futures_unordered(n, make));
+            b.to_async(rt).iter(|| futures_unordered_timeout(n, make));
         });
         group.bench_function("join_all_timeout", |b| {
             b.to_async(rt).iter(|| baseline_join_all(n, make));

@@ -368,7 +368,12 @@ impl FanOut {
     ///
     /// Dropping the returned future drops every query still in flight.
     pub async fn run<Q: QuerySet>(&self, tenant: &TenantId, queries: Q) -> Q::Outcomes {
-        self.run_with_report(tenant, queries).await.0
+        let span = tracing::info_span!("fan_out", tenant = %tenant);
+        queries
+            .run_set(self, tenant, false)
+            .instrument(span)
+            .await
+            .0
     }
 
     /// [`run`](Self::run), also returning a [`Report`]: the whole
@@ -388,7 +393,9 @@ impl FanOut {
         queries: Q,
     ) -> (Q::Outcomes, Report) {
         let span = tracing::info_span!("fan_out", tenant = %tenant);
-        queries.run_set(self, tenant).instrument(span).await
+        let (outcomes, report) = queries.run_set(self, tenant, true).instrument(span).await;
+        let report = report.unwrap_or_else(|| Report::new(tenant, Duration::ZERO, Vec::new()));
+        (outcomes, report)
     }
 
     /// Runs a tenant's dashboard like [`run`](Self::run) and yields each

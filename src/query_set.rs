@@ -59,7 +59,8 @@ pub trait QuerySet: sealed::Sealed {
         self,
         fan_out: &FanOut,
         tenant: &TenantId,
-    ) -> impl Future<Output = (Self::Outcomes, Report)> + Send;
+        report: bool,
+    ) -> impl Future<Output = (Self::Outcomes, Option<Report>)> + Send;
 }
 
 pub(crate) mod sealed {
@@ -74,7 +75,12 @@ impl<Q: DashboardQuery> sealed::Sealed for Vec<Q> {}
 impl<Q: DashboardQuery> QuerySet for Vec<Q> {
     type Outcomes = Vec<Outcome<Q::Output>>;
 
-    async fn run_set(self, fan_out: &FanOut, tenant: &TenantId) -> (Self::Outcomes, Report) {
+    async fn run_set(
+        self,
+        fan_out: &FanOut,
+        tenant: &TenantId,
+        report: bool,
+    ) -> (Self::Outcomes, Option<Report>) {
         let started = Instant::now();
         let mut outcomes = InOrder::new(self.len());
         let mut stream = stream_queries(fan_out, tenant, &self);
@@ -82,14 +88,17 @@ impl<Q: DashboardQuery> QuerySet for Vec<Q> {
             outcomes.place(index, outcome);
         }
         let outcomes = outcomes.finish();
-        let queries = self
-            .iter()
-            .zip(&outcomes)
-            .map(|(query, outcome)| {
-                QueryReport::new(query.name(), outcome.source.label(), outcome.elapsed)
-            })
-            .collect();
-        (outcomes, Report::new(tenant, started.elapsed(), queries))
+        let report = report.then(|| {
+            let queries = self
+                .iter()
+                .zip(&outcomes)
+                .map(|(query, outcome)| {
+                    QueryReport::new(query.name(), outcome.source.label(), outcome.elapsed)
+                })
+                .collect();
+            Report::new(tenant, started.elapsed(), queries)
+        });
+        (outcomes, report)
     }
 }
 
@@ -100,7 +109,12 @@ macro_rules! tuple_query_set {
         impl<$($ty: DashboardQuery),+> QuerySet for ($($ty,)+) {
             type Outcomes = ($(Outcome<$ty::Output>,)+);
 
-            async fn run_set(self, fan_out: &FanOut, tenant: &TenantId) -> (Self::Outcomes, Report) {
+            async fn run_set(
+        self,
+        fan_out: &FanOut,
+        tenant: &TenantId,
+        report: bool,
+    ) -> (Self::Outcomes, Option<Report>) {
                 let started = Instant::now();
                 let ($($query,)+) = self;
                 $(let mut $slot: Option<Loaded<$ty::Output>> = None;)+
@@ -109,9 +123,12 @@ macro_rules! tuple_query_set {
                 let outcomes = ($(into_outcome(&$query, tenant, $slot, settlements.next().unwrap_or_else(Settlement::missing)).await,)+);
                 let elapsed = started.elapsed();
                 fan_out_finished(elapsed);
-                let ($($slot,)+) = &outcomes;
-                let queries = vec![$(QueryReport::new($query.name(), $slot.source.label(), $slot.elapsed)),+];
-                (outcomes, Report::new(tenant, elapsed, queries))
+                let report = report.then(|| {
+                    let ($($slot,)+) = &outcomes;
+                    let queries = vec![$(QueryReport::new($query.name(), $slot.source.label(), $slot.elapsed)),+];
+                    Report::new(tenant, elapsed, queries)
+                });
+                (outcomes, report)
             }
         }
     };

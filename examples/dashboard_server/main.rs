@@ -4,12 +4,12 @@
 //! Prometheus metrics.
 //!
 //! ```sh
-//! cargo run --example dashboard_server
+//! cargo run --example dashboard_server --features metrics
 //! curl -s localhost:3000/tenants/tenant-0001/dashboard
 //! curl -sN localhost:3000/tenants/tenant-0001/dashboard/stream
 //! curl -s 'localhost:3000/tenants/tenant-0001/dashboard?widgets=arrears,child_count'
 //! curl -s localhost:3000/metrics
-//! cargo run --example dashboard_server -- --slow-query arrears --timeout 300
+//! cargo run --example dashboard_server --features metrics -- --slow-query arrears --timeout 300
 //! ```
 //!
 //! With `DATABASE_URL` set it uses that database (in the schema
@@ -47,7 +47,7 @@ use flags::{positive, widget};
 const SCHEMA: &str = "fanout_demo";
 
 const USAGE: &str = "\
-usage: cargo run --example dashboard_server -- [options]
+usage: cargo run --example dashboard_server --features metrics -- [options]
 
 Serves the six-widget tenant dashboard over HTTP on 127.0.0.1:
   GET /tenants/{id}/dashboard          every widget as one JSON document

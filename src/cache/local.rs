@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -179,45 +180,87 @@ impl QueryCache {
         Q: DashboardQuery,
         Q::Output: Clone + Sync + 'static,
     {
-        let key = self.key(ctx.tenant(), query.name(), key);
+        self.load_with(query.name(), key, policy, ctx, |ctx| async move {
+            query.run(ctx).await.map(Loaded::Fresh)
+        })
+        .await
+    }
+
+    /// [`load`](Self::load) with the value's source given: a value younger
+    /// than the policy's `ttl` stored here, or else `compute`, run once for
+    /// every caller waiting on the same key. `compute` returns
+    /// `Loaded::Fresh` for a value it computed and `Loaded::Cached { age }`
+    /// for one it found elsewhere (the shared tier,
+    /// [`SharedCached`](super::SharedCached)); either is stored, the latter
+    /// as `age` old, so it expires here when it does there.
+    pub(super) async fn load_with<T, E, F, Fut>(
+        &self,
+        query: &'static str,
+        key: &Arc<str>,
+        policy: CachePolicy,
+        ctx: QueryContext,
+        compute: F,
+    ) -> Result<Loaded<T>, E>
+    where
+        T: Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(QueryContext) -> Fut,
+        Fut: Future<Output = Result<Loaded<T>, E>>,
+    {
+        let key = self.key(ctx.tenant(), query, key);
         let ttl = policy.time_to_live();
         if let Some(entry) = self.inner.entries.get(&key).await
-            && let Some((value, age)) = entry.value_within::<Q::Output>(ttl)
+            && let Some((value, age)) = entry.value_within::<T>(ttl)
         {
             return Ok(Loaded::Cached { value, age });
         }
         // moka runs one compute per key at a time; a caller that waited
         // finds the value the one before it stored. A caller cancelled or
         // panicking mid-compute releases the key to the next.
+        let mut computed_here = false;
+        let computed_flag = &mut computed_here;
         let computed = self
             .inner
             .entries
             .entry(key)
             .and_try_compute_with(|existing| async move {
-                if existing.is_some_and(|e| e.value().value_within::<Q::Output>(ttl).is_some()) {
+                if existing.is_some_and(|e| e.value().value_within::<T>(ttl).is_some()) {
                     return Ok(Op::Nop);
                 }
-                let value = query.run(ctx).await?;
+                let (value, age) = match compute(ctx).await? {
+                    Loaded::Fresh(value) => {
+                        *computed_flag = true;
+                        (value, Duration::ZERO)
+                    }
+                    Loaded::Cached { value, age } => (value, age),
+                };
+                let now = Instant::now();
                 Ok(Op::Put(Entry {
                     value: Arc::new(value),
-                    stored_at: Instant::now(),
-                    keep_for: policy.keep_for(),
+                    stored_at: now.checked_sub(age).unwrap_or(now),
+                    keep_for: policy.keep_for().saturating_sub(age),
                 }))
             })
             .await?;
         let loaded = match computed {
             CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => entry
                 .value()
-                .value_within::<Q::Output>(Duration::MAX)
-                .map(|(value, _)| Loaded::Fresh(value)),
+                .value_within::<T>(Duration::MAX)
+                .map(|(value, age)| {
+                    if computed_here {
+                        Loaded::Fresh(value)
+                    } else {
+                        Loaded::Cached { value, age }
+                    }
+                }),
             // Computed by the caller before this one, moments ago.
             CompResult::Unchanged(entry) => entry
                 .value()
-                .value_within::<Q::Output>(Duration::MAX)
+                .value_within::<T>(Duration::MAX)
                 .map(|(value, age)| Loaded::Cached { value, age }),
             CompResult::StillNone(_) | CompResult::Removed(_) => None,
         };
-        Ok(loaded.unwrap_or_else(|| unreachable_entry(query.name())))
+        Ok(loaded.unwrap_or_else(|| unreachable_entry(query)))
     }
 
     /// The last good value, while the policy allows serving it stale.

@@ -17,6 +17,13 @@
 //! generation, and [`QueryCache::invalidate_tenant`] moves a tenant to a new
 //! generation in O(1). A failure is never stored.
 //!
+//! With the feature `redis`, [`SharedCached`] adds a shared tier for several
+//! instances of a service: the in-process tier first, then Redis, then the
+//! query, with at most one instance computing a key at a time. Every Redis
+//! call has a short timeout, and a slow or dead Redis degrades to the
+//! in-process tier and the database with one WARN, never an error; see
+//! [`RedisTier`].
+//!
 //! # Examples
 //!
 //! ```
@@ -61,8 +68,13 @@
 //! ```
 
 mod local;
+#[cfg(feature = "redis")]
+mod redis;
 mod warm;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{RedisTier, RedisTierError, SharedCache, SharedCached};
 pub use local::QueryCache;
 pub use warm::{WarmSummary, warm};
 

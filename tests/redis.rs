@@ -1,0 +1,661 @@
+//! The cache's shared tier against a real Redis (`REDIS_URL`; `scripts/test`
+//! starts a throw-away one): values shared between instances, invalidation
+//! by generation, a Redis killed or hung mid-test, the stampede bound across
+//! four instances, and no value ever crossing tenants.
+//!
+//! Real time throughout: the ages in Redis are wall-clock. Every test keeps
+//! its keys under a namespace of its own.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fanout::cache::{CachePolicy, QueryCache, RedisTier, SharedCache, SharedCached};
+use fanout::{DashboardQuery, FanOut, QueryContext, Source, TenantId};
+use futures_util::future::join_all;
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+use support::Capture;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::sleep;
+use tracing::Level;
+
+/// The Redis every test but the kill test uses.
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "REDIS_URL is not set: run these tests with scripts/test, which starts a \
+             throw-away Redis, or point REDIS_URL at a Redis they may write to"
+        )
+    })
+}
+
+/// A namespace no other test (or earlier run) uses.
+fn namespace(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("fanout-test:{test}:{nanos}")
+}
+
+fn tenant(id: &str) -> TenantId {
+    TenantId::new(id).unwrap()
+}
+
+/// A dashboard value with the usual parts: a struct, a string, a Vec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Totals {
+    tenant: String,
+    revenue: i64,
+    /// Which execution of the query computed it (1, 2, ...).
+    run: usize,
+    items: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("database unavailable")]
+struct Unavailable;
+
+/// A query whose value names its tenant, with a latency, a switch to make
+/// it fail, and a count of its executions shared by its clones (one clone
+/// per instance: the count is the database's).
+#[derive(Clone)]
+struct Revenue {
+    latency: Duration,
+    runs: Arc<AtomicUsize>,
+    fail: Arc<AtomicBool>,
+}
+
+impl Revenue {
+    fn new(latency_ms: u64) -> Self {
+        Self {
+            latency: Duration::from_millis(latency_ms),
+            runs: Arc::default(),
+            fail: Arc::default(),
+        }
+    }
+
+    fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
+    }
+}
+
+impl DashboardQuery for Revenue {
+    type Output = Totals;
+    type Error = Unavailable;
+
+    fn name(&self) -> &'static str {
+        "total_revenue"
+    }
+
+    async fn run(&self, ctx: QueryContext) -> Result<Totals, Unavailable> {
+        let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+        sleep(self.latency).await;
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(Unavailable);
+        }
+        Ok(Totals {
+            tenant: ctx.tenant().to_string(),
+            revenue: 125_000,
+            run,
+            items: vec!["invoices".to_owned(), "payments".to_owned()],
+        })
+    }
+
+    fn fallback(&self) -> Totals {
+        Totals {
+            tenant: "fallback".to_owned(),
+            revenue: 0,
+            run: 0,
+            items: Vec::new(),
+        }
+    }
+}
+
+fn policy() -> CachePolicy {
+    CachePolicy::ttl(Duration::from_secs(30)).stale_if_error(Duration::from_secs(300))
+}
+
+/// One service instance: its own in-process cache in front of `redis`.
+fn instance(redis: &RedisTier, query: &Revenue, policy: CachePolicy) -> SharedCached<Revenue> {
+    let cache = SharedCache::new(&QueryCache::new(1_000), redis);
+    SharedCached::new(query.clone(), &cache, policy)
+}
+
+#[tokio::test]
+async fn two_instances_with_their_own_caches_share_values_through_redis() {
+    let redis = RedisTier::connect(&redis_url(), &namespace("share"))
+        .await
+        .unwrap();
+    let (db_a, db_b) = (Revenue::new(20), Revenue::new(20));
+    let (a, b) = (
+        instance(&redis, &db_a, policy()),
+        instance(&redis, &db_b, policy()),
+    );
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("creche-1");
+
+    let (computed,) = fan_out.run(&t1, (&a,)).await;
+    assert!(computed.is_fresh(), "{:?}", computed.source);
+    assert_eq!(db_a.runs(), 1);
+
+    let (shared,) = fan_out.run(&t1, (&b,)).await;
+    match shared.source {
+        Source::Cached { age } => assert!(age < Duration::from_secs(1), "{age:?}"),
+        other => panic!("expected the value from Redis, got {other:?}"),
+    }
+    assert_eq!(shared.value, computed.value);
+    assert_eq!(db_b.runs(), 0, "instance B never ran the query");
+
+    // B now holds it in its own in-process tier as well.
+    let (again,) = fan_out.run(&t1, (&b,)).await;
+    assert!(matches!(again.source, Source::Cached { .. }));
+    assert_eq!((db_a.runs(), db_b.runs()), (1, 0));
+}
+
+#[tokio::test]
+async fn a_failing_query_serves_a_value_another_instance_stored_marked_stale() {
+    let redis = RedisTier::connect(&redis_url(), &namespace("stale"))
+        .await
+        .unwrap();
+    let policy =
+        CachePolicy::ttl(Duration::from_millis(300)).stale_if_error(Duration::from_secs(30));
+    let (db_a, db_b) = (Revenue::new(5), Revenue::new(5));
+    let (a, b) = (
+        instance(&redis, &db_a, policy),
+        instance(&redis, &db_b, policy),
+    );
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+
+    let (computed,) = fan_out.run(&t1, (&a,)).await;
+    assert!(computed.is_fresh());
+    sleep(Duration::from_millis(350)).await;
+    db_b.fail.store(true, Ordering::SeqCst);
+    let (stale,) = fan_out.run(&t1, (&b,)).await;
+    match &stale.source {
+        Source::Stale { age, cause } => {
+            assert!(*age >= Duration::from_millis(350), "{age:?}");
+            assert_eq!(cause.to_string(), "error: database unavailable");
+        }
+        other => panic!("expected the shared value, stale, got {other:?}"),
+    }
+    assert_eq!(stale.value, computed.value);
+}
+
+#[tokio::test]
+async fn invalidating_a_tenant_recomputes_only_that_tenant_on_every_instance() {
+    let redis = RedisTier::connect(&redis_url(), &namespace("invalidate"))
+        .await
+        .unwrap();
+    let check = Duration::from_millis(100);
+    let db = Revenue::new(5);
+    let cache_a = SharedCache::new(&QueryCache::new(100), &redis);
+    let cache_b = SharedCache::new(
+        &QueryCache::new(100),
+        &redis.clone().generation_check(check),
+    );
+    let a = SharedCached::new(db.clone(), &cache_a, policy());
+    let b = SharedCached::new(db.clone(), &cache_b, policy());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let (t1, t2) = (tenant("t1"), tenant("t2"));
+
+    for t in [&t1, &t2] {
+        assert!(fan_out.run(t, (&a,)).await.0.is_fresh());
+        assert!(matches!(
+            fan_out.run(t, (&b,)).await.0.source,
+            Source::Cached { .. }
+        ));
+    }
+    assert_eq!(db.runs(), 2);
+
+    assert_eq!(cache_a.invalidate_tenant(&t1).await.unwrap(), 1);
+    assert_eq!(redis.generation(&t1).await.unwrap(), 1);
+    assert_eq!(redis.generation(&t2).await.unwrap(), 0);
+
+    // On the instance that invalidated: at once.
+    let (recomputed,) = fan_out.run(&t1, (&a,)).await;
+    assert!(recomputed.is_fresh(), "{:?}", recomputed.source);
+    assert_eq!(recomputed.value.run, 3);
+    let (kept,) = fan_out.run(&t2, (&a,)).await;
+    assert!(matches!(kept.source, Source::Cached { .. }));
+
+    // On the other: once it re-reads the generation, it takes the new
+    // value from Redis, and still runs nothing.
+    sleep(check + Duration::from_millis(20)).await;
+    let (followed,) = fan_out.run(&t1, (&b,)).await;
+    assert!(
+        matches!(followed.source, Source::Cached { .. }),
+        "{:?}",
+        followed.source
+    );
+    assert_eq!(followed.value.run, 3);
+    let (other,) = fan_out.run(&t2, (&b,)).await;
+    assert_eq!(other.value.run, 2);
+    assert_eq!(db.runs(), 3);
+}
+
+/// A redis-server of this test's own, on a free loopback port, killed when
+/// dropped (also when the test fails).
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start_on(port: u16) -> Self {
+        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
+        let child = Command::new(&binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot start {binary}: {error}; this test kills a Redis of its own: \
+                     install redis-server (scripts/test does) or set REDIS_SERVER"
+                )
+            });
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn start() -> Self {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Connects once the server answers.
+    async fn connect(&self, namespace: &str) -> RedisTier {
+        let started = Instant::now();
+        loop {
+            match RedisTier::connect(&self.url(), namespace).await {
+                Ok(redis) => return redis,
+                Err(error) if started.elapsed() > Duration::from_secs(10) => {
+                    panic!("own redis-server never answered: {error}")
+                }
+                Err(_) => sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The Redis WARN events in `capture`.
+fn redis_warnings(capture: &Capture) -> usize {
+    capture
+        .events()
+        .iter()
+        .filter(|e| e.level == Level::WARN && e.field("namespace").is_some())
+        .count()
+}
+
+/// Runs `rounds` one-widget dashboards on each instance, over fresh and
+/// cached tenants; returns the slowest one's wall time. Fails on any
+/// outcome that is not the tenant's own value, fresh or cached.
+async fn dashboards_while_degraded(
+    instances: &[&SharedCached<Revenue>],
+    rounds: usize,
+    first_new_tenant: usize,
+) -> Duration {
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let mut slowest = Duration::ZERO;
+    for round in 0..rounds {
+        for (i, query) in instances.iter().enumerate() {
+            // Tenant t0 was cached before Redis went; the others are new.
+            let id = if round % 2 == 0 {
+                "t0".to_owned()
+            } else {
+                format!("t{}", first_new_tenant + round * instances.len() + i)
+            };
+            let tenant = tenant(&id);
+            let started = Instant::now();
+            let (outcome,) = fan_out.run(&tenant, (*query,)).await;
+            slowest = slowest.max(started.elapsed());
+            assert!(
+                matches!(outcome.source, Source::Fresh | Source::Cached { .. }),
+                "{id}: {:?}",
+                outcome.source
+            );
+            assert_eq!(outcome.value.tenant, id);
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    slowest
+}
+
+const QUERY_MS: u64 = 20;
+const CALL_TIMEOUT: Duration = Duration::from_millis(50);
+/// Scheduling noise on a loaded two-core machine.
+const SLACK: Duration = Duration::from_millis(60);
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_redis_killed_mid_test_degrades_to_the_local_tier_and_the_database_with_one_warning() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let mut own = OwnRedis::start();
+    let ns = namespace("killed");
+    // Two instances, each with its own connection (as two processes).
+    let (redis_a, redis_b) = (own.connect(&ns).await, own.connect(&ns).await);
+    let db = Revenue::new(QUERY_MS);
+    let a = instance(&redis_a, &db, policy());
+    let b = instance(&redis_b, &db, policy());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    assert!(fan_out.run(&tenant("t0"), (&a,)).await.0.is_fresh());
+    assert!(matches!(
+        fan_out.run(&tenant("t0"), (&b,)).await.0.source,
+        Source::Cached { .. }
+    ));
+    assert_eq!(redis_warnings(&capture), 0);
+
+    own.kill();
+    // 15 rounds of 100 ms: past the 1 s pause, so each tier also tries the
+    // dead Redis again.
+    let slowest = dashboards_while_degraded(&[&a, &b], 15, 1).await;
+    let limit = Duration::from_millis(QUERY_MS) + CALL_TIMEOUT + SLACK;
+    println!("Redis killed: slowest dashboard {slowest:?} (limit {limit:?})");
+    assert!(slowest <= limit, "{slowest:?} > {limit:?}");
+    assert_eq!(
+        redis_warnings(&capture),
+        2,
+        "one WARN per tier: {:#?}",
+        capture.events()
+    );
+
+    // Redis back on the same port: the tiers find it again and log so.
+    let _own = OwnRedis::start_on(own.port);
+    let started = Instant::now();
+    let recovered = |capture: &Capture| {
+        capture
+            .events()
+            .iter()
+            .filter(|e| e.level == Level::INFO && e.field("namespace").is_some())
+            .count()
+    };
+    while recovered(&capture) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the tiers never recovered"
+        );
+        dashboards_while_degraded(&[&a, &b], 1, 1_000).await;
+    }
+    assert_eq!(redis_warnings(&capture), 2);
+}
+
+/// A TCP proxy to `upstream` that, once `hang` is set, stops passing bytes
+/// and answers no new connection: a Redis that is there but silent.
+async fn hanging_proxy(upstream: String, hang: Arc<AtomicBool>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let (upstream, hang) = (upstream.clone(), Arc::clone(&hang));
+            tokio::spawn(async move {
+                if hang.load(Ordering::SeqCst) {
+                    let _held = client;
+                    std::future::pending::<()>().await;
+                    return;
+                }
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::join!(
+                    pass(client_read, server_write, Arc::clone(&hang)),
+                    pass(server_read, client_write, hang)
+                );
+            });
+        }
+    });
+    port
+}
+
+async fn pass(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    hang: Arc<AtomicBool>,
+) {
+    let mut buffer = [0; 16 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else {
+            return;
+        };
+        if read == 0 {
+            return;
+        }
+        if hang.load(Ordering::SeqCst) {
+            // Keep both sockets open, say nothing.
+            let _held = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `redis://[user:pass@]host[:port][/db]` → (`host:port`, the URL with
+/// `host:port` replaced by `127.0.0.1:{port}`).
+fn through_proxy(url: &str, port: u16) -> (String, String) {
+    let rest = url
+        .strip_prefix("redis://")
+        .expect("REDIS_URL must start with redis://");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => (format!("{userinfo}@"), host),
+        None => (String::new(), authority),
+    };
+    let upstream = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:6379")
+    };
+    (
+        upstream,
+        format!("redis://{userinfo}127.0.0.1:{port}/{path}"),
+    )
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_hung_redis_costs_a_dashboard_at_most_one_call_timeout() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let hang = Arc::new(AtomicBool::new(false));
+    let (upstream, _) = through_proxy(&redis_url(), 0);
+    let port = hanging_proxy(upstream, Arc::clone(&hang)).await;
+    let (_, url) = through_proxy(&redis_url(), port);
+    let ns = namespace("hung");
+    let redis_a = RedisTier::connect(&url, &ns).await.unwrap();
+    let redis_b = RedisTier::connect(&url, &ns).await.unwrap();
+    let db = Revenue::new(QUERY_MS);
+    let a = instance(&redis_a, &db, policy());
+    let b = instance(&redis_b, &db, policy());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    assert!(fan_out.run(&tenant("t0"), (&a,)).await.0.is_fresh());
+    assert!(matches!(
+        fan_out.run(&tenant("t0"), (&b,)).await.0.source,
+        Source::Cached { .. }
+    ));
+
+    hang.store(true, Ordering::SeqCst);
+    let slowest = dashboards_while_degraded(&[&a, &b], 15, 1).await;
+    let limit = Duration::from_millis(QUERY_MS) + CALL_TIMEOUT + SLACK;
+    println!("Redis hung: slowest dashboard {slowest:?} (limit {limit:?})");
+    assert!(slowest <= limit, "{slowest:?} > {limit:?}");
+    assert_eq!(
+        redis_warnings(&capture),
+        2,
+        "one WARN per tier: {:#?}",
+        capture.events()
+    );
+    assert!(
+        redis_a
+            .generation(&tenant("t0"))
+            .await
+            .unwrap_err()
+            .to_string()
+            .ends_with("no answer within 50 ms")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stampede_across_four_instances_runs_each_query_at_most_twice() {
+    let ns = namespace("stampede");
+    let mut redis = Vec::new();
+    for _ in 0..4 {
+        redis.push(RedisTier::connect(&redis_url(), &ns).await.unwrap());
+    }
+    let keys = ["2026-09", "2026-10", "2026-11"];
+    let databases: Vec<Revenue> = keys.iter().map(|_| Revenue::new(200)).collect();
+    // Four instances, each with its own in-process cache and one wrapped
+    // query per key.
+    let instances: Vec<Arc<Vec<SharedCached<Revenue>>>> = redis
+        .iter()
+        .map(|redis| {
+            let cache = SharedCache::new(&QueryCache::new(1_000), redis);
+            let queries = keys
+                .iter()
+                .zip(&databases)
+                .map(|(key, db)| SharedCached::new(db.clone(), &cache, policy()).key(key))
+                .collect();
+            Arc::new(queries)
+        })
+        .collect();
+
+    let t1 = tenant("creche-1");
+    let mut callers = Vec::new();
+    for queries in &instances {
+        for _ in 0..32 {
+            let (queries, t1) = (Arc::clone(queries), t1.clone());
+            callers.push(tokio::spawn(async move {
+                let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+                let dashboard: Vec<&SharedCached<Revenue>> = queries.iter().collect();
+                fan_out.run(&t1, dashboard).await
+            }));
+        }
+    }
+    let outcomes: Vec<_> = join_all(callers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+
+    assert_eq!(outcomes.len(), 128);
+    for dashboard in &outcomes {
+        for outcome in dashboard {
+            assert!(
+                matches!(outcome.source, Source::Fresh | Source::Cached { .. }),
+                "{:?}",
+                outcome.source
+            );
+            assert_eq!(outcome.value.tenant, "creche-1");
+        }
+    }
+    let runs: Vec<usize> = databases.iter().map(Revenue::runs).collect();
+    println!("executions per key, 4 instances x 32 callers: {runs:?}");
+    assert!(runs.iter().all(|&n| (1..=2).contains(&n)), "{runs:?}");
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Load {
+        instance: usize,
+        tenant: u8,
+    },
+    Invalidate {
+        instance: usize,
+        tenant: u8,
+    },
+    /// A new in-process cache for the instance: a restart, after which its
+    /// values come from Redis.
+    Restart(usize),
+    Fail(bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..2usize, 0u8..4).prop_map(|(instance, tenant)| Op::Load { instance, tenant }),
+        1 => (0..2usize, 0u8..4).prop_map(|(instance, tenant)| Op::Invalidate { instance, tenant }),
+        2 => (0..2usize).prop_map(Op::Restart),
+        1 => any::<bool>().prop_map(Op::Fail),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Whatever the sequence of loads, invalidations, restarts and
+    /// failures on two instances sharing Redis, a tenant only ever sees its
+    /// own value or the fallback.
+    #[test]
+    fn no_value_ever_crosses_tenants_through_redis(ops in proptest::collection::vec(op(), 1..30)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let redis = RedisTier::connect(&redis_url(), &namespace("tenants")).await.unwrap()
+                .generation_check(Duration::ZERO);
+            let db = Revenue::new(0);
+            let start = || {
+                let cache = SharedCache::new(&QueryCache::new(1_000), &redis);
+                let query = SharedCached::new(db.clone(), &cache, policy());
+                (cache, query)
+            };
+            let mut instances = [start(), start()];
+            let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+            for op in ops {
+                match op {
+                    Op::Load { instance, tenant: t } => {
+                        let id = format!("t{t}");
+                        let (outcome,) = fan_out.run(&tenant(&id), (&instances[instance].1,)).await;
+                        prop_assert!(
+                            outcome.value.tenant == id || outcome.value.tenant == "fallback",
+                            "{} got {:?}", id, outcome.value
+                        );
+                    }
+                    Op::Invalidate { instance, tenant: t } => {
+                        instances[instance].0.invalidate_tenant(&tenant(&format!("t{t}"))).await.unwrap();
+                    }
+                    Op::Restart(i) => instances[i] = start(),
+                    Op::Fail(fail) => db.fail.store(fail, Ordering::SeqCst),
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
