@@ -22,6 +22,7 @@ options:
   --pool N             connections in the pool, and permits of the shared limiter (default 10)
   --cache              serve widgets through an in-process cache (TTL, coalescing, stale-if-error)
   --cache-ttl SECS     --cache: how long a value is served (default 30; stale for 10 minutes more)
+  --redis URL          --cache: share the cache through Redis (build with --features redis)
   --bench              load mode: sequential vs concurrent vs cached, for a fixed number of dashboards
   --clients C          --bench: concurrent clients (default 32)
   --dashboards N       --bench: dashboards per mode (default 2000)
@@ -41,6 +42,7 @@ pub struct Args {
     pub pool: usize,
     pub cache: bool,
     pub cache_ttl_secs: u64,
+    pub redis: Option<String>,
     pub bench: bool,
     pub clients: usize,
     pub dashboards: usize,
@@ -68,6 +70,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
         pool: 10,
         cache: false,
         cache_ttl_secs: 30,
+        redis: None,
         bench: false,
         clients: 32,
         dashboards: 2000,
@@ -88,6 +91,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
             Long("pool") => parsed.pool = positive(&mut parser, "--pool")?,
             Long("cache") => parsed.cache = true,
             Long("cache-ttl") => parsed.cache_ttl_secs = positive(&mut parser, "--cache-ttl")?,
+            Long("redis") => parsed.redis = Some(text(&mut parser, "--redis")?),
             Long("bench") => parsed.bench = true,
             Long("clients") => parsed.clients = positive(&mut parser, "--clients")?,
             Long("dashboards") => parsed.dashboards = positive(&mut parser, "--dashboards")?,
@@ -99,6 +103,9 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
         return Err(format!(
             "{both} is both --slow-query and --break-query; pick one"
         ));
+    }
+    if parsed.redis.is_some() && !parsed.cache {
+        return Err("--redis shares the cache: add --cache".to_owned());
     }
     let degraded = !parsed.slow.is_empty() || !parsed.broken.is_empty();
     parsed.rounds = rounds.unwrap_or(if degraded { 5 } else { 30 });

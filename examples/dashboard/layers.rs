@@ -1,11 +1,14 @@
-//! What `--cache` puts around each widget: an optional in-process cache,
-//! over a count of the widget's database executions (so the load test can
-//! show how many queries the database really saw).
+//! What `--cache` puts around each widget: an optional cache (in process,
+//! or shared through Redis with `--redis`), over a count of the widget's
+//! database executions (so the load test can show how many queries the
+//! database really saw).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fanout::cache::{CachePolicy, Cached, QueryCache};
+#[cfg(feature = "redis")]
+use fanout::cache::{SharedCache, SharedCached};
 use fanout::{DashboardQuery, Loaded, QueryContext, TenantId};
 
 use crate::widgets::{Arrears, Cents, Dashboard, InvoiceStats, RecentPayments, Widget};
@@ -44,21 +47,63 @@ impl<Q: DashboardQuery> DashboardQuery for Counted<Q> {
     }
 }
 
-/// A widget served straight from the database, or through the cache.
+/// Where widgets' values may come from besides the database.
+#[derive(Clone)]
+pub enum Caching {
+    InProcess(QueryCache, CachePolicy),
+    #[cfg(feature = "redis")]
+    Shared(SharedCache, CachePolicy),
+}
+
+/// What a cached widget's value must be: `Clone` for the in-process tier,
+/// and serde for the shared one.
+#[cfg(not(feature = "redis"))]
+pub trait CacheValue: Clone + Sync + 'static {}
+#[cfg(not(feature = "redis"))]
+impl<T: Clone + Sync + 'static> CacheValue for T {}
+#[cfg(feature = "redis")]
+pub trait CacheValue:
+    Clone + Sync + 'static + serde::Serialize + serde::de::DeserializeOwned
+{
+}
+#[cfg(feature = "redis")]
+impl<T: Clone + Sync + 'static + serde::Serialize + serde::de::DeserializeOwned> CacheValue for T {}
+
+/// A widget served straight from the database, or through a cache.
 pub enum Layer<Q> {
     Direct(Counted<Q>),
     Cached(Cached<Counted<Q>>),
+    #[cfg(feature = "redis")]
+    Shared(SharedCached<Counted<Q>>),
+}
+
+/// Calls `$call` on whichever query the layer holds.
+macro_rules! each {
+    ($layer:expr, $q:ident => $call:expr) => {
+        match $layer {
+            Layer::Direct($q) => $call,
+            Layer::Cached($q) => $call,
+            #[cfg(feature = "redis")]
+            Layer::Shared($q) => $call,
+        }
+    };
 }
 
 impl<Q> Layer<Q> {
-    fn new(query: Q, cache: Option<(&QueryCache, CachePolicy)>) -> Self {
+    fn new(query: Q, caching: Option<&Caching>) -> Self {
         let counted = Counted {
             query,
             runs: AtomicUsize::new(0),
         };
-        match cache {
+        match caching {
             None => Self::Direct(counted),
-            Some((cache, policy)) => Self::Cached(Cached::new(counted, cache, policy)),
+            Some(Caching::InProcess(cache, policy)) => {
+                Self::Cached(Cached::new(counted, cache, *policy))
+            }
+            #[cfg(feature = "redis")]
+            Some(Caching::Shared(cache, policy)) => {
+                Self::Shared(SharedCached::new(counted, cache, *policy))
+            }
         }
     }
 
@@ -67,6 +112,8 @@ impl<Q> Layer<Q> {
         match self {
             Self::Direct(counted) => counted.runs(),
             Self::Cached(cached) => cached.inner().runs(),
+            #[cfg(feature = "redis")]
+            Self::Shared(cached) => cached.inner().runs(),
         }
     }
 }
@@ -74,51 +121,33 @@ impl<Q> Layer<Q> {
 impl<Q> DashboardQuery for Layer<Q>
 where
     Q: DashboardQuery,
-    Q::Output: Clone + Sync + 'static,
+    Q::Output: CacheValue,
 {
     type Output = Q::Output;
     type Error = Q::Error;
 
     fn name(&self) -> &'static str {
-        match self {
-            Self::Direct(q) => q.name(),
-            Self::Cached(q) => q.name(),
-        }
+        each!(self, q => q.name())
     }
 
     async fn run(&self, ctx: QueryContext) -> Result<Q::Output, Q::Error> {
-        match self {
-            Self::Direct(q) => q.run(ctx).await,
-            Self::Cached(q) => q.run(ctx).await,
-        }
+        each!(self, q => q.run(ctx).await)
     }
 
     fn fallback(&self) -> Q::Output {
-        match self {
-            Self::Direct(q) => q.fallback(),
-            Self::Cached(q) => q.fallback(),
-        }
+        each!(self, q => q.fallback())
     }
 
     fn timeout(&self) -> Option<Duration> {
-        match self {
-            Self::Direct(q) => q.timeout(),
-            Self::Cached(q) => q.timeout(),
-        }
+        each!(self, q => q.timeout())
     }
 
     async fn load(&self, ctx: QueryContext) -> Result<Loaded<Q::Output>, Q::Error> {
-        match self {
-            Self::Direct(q) => q.load(ctx).await,
-            Self::Cached(q) => q.load(ctx).await,
-        }
+        each!(self, q => q.load(ctx).await)
     }
 
     async fn stale(&self, tenant: &TenantId) -> Option<(Q::Output, Duration)> {
-        match self {
-            Self::Direct(q) => q.stale(tenant).await,
-            Self::Cached(q) => q.stale(tenant).await,
-        }
+        each!(self, q => q.stale(tenant).await)
     }
 }
 
@@ -141,8 +170,9 @@ pub type LayeredRefs<'a> = (
     &'a Layer<Widget<Arrears>>,
 );
 
-/// Puts every widget of `dashboard` in a layer: through `cache` when given.
-pub fn layer(dashboard: Dashboard, cache: Option<(&QueryCache, CachePolicy)>) -> Layered {
+/// Puts every widget of `dashboard` in a layer: through `caching` when
+/// given.
+pub fn layer(dashboard: Dashboard, cache: Option<&Caching>) -> Layered {
     let (a, b, c, d, e, f) = dashboard;
     (
         Layer::new(a, cache),

@@ -97,9 +97,9 @@ async fn run(args: Args) -> Result<(), String> {
         .limiter(limiter);
     let sequential = concurrent.clone().sequential();
     let mode = setup::modes(&args.slow, &args.broken);
-    let cache = QueryCache::new(100_000);
     let policy = CachePolicy::ttl(Duration::from_secs(args.cache_ttl_secs))
         .stale_if_error(Duration::from_secs(600));
+    let caching = caching(&args, policy).await?;
 
     if args.bench {
         let tenants: Vec<TenantId> = (1..=args.tenants)
@@ -108,12 +108,12 @@ async fn run(args: Args) -> Result<(), String> {
         let layered = |cache| Arc::new(layers::layer(widgets::dashboard(&pool, mode), cache));
         let dashboards = bench::Dashboards {
             direct: layered(None),
-            cached: layered(Some((&cache, policy))),
+            cached: layered(Some(&caching)),
         };
         return bench::run(&args, &pool, dashboards, &sequential, &concurrent, &tenants).await;
     }
 
-    let layer = args.cache.then_some((&cache, policy));
+    let layer = args.cache.then_some(&caching);
     let dashboard = layers::layer(widgets::dashboard(&pool, mode), layer);
     let degraded = !args.slow.is_empty() || !args.broken.is_empty();
     if args.cache && degraded {
@@ -178,6 +178,28 @@ cache filled by a healthy dashboard; waiting {} s for the values to pass their T
         stats::ms(slowest),
     );
     Ok(())
+}
+
+/// The cache `--cache` uses: in process, or shared through Redis when
+/// `--redis URL` is given (builds with the `redis` feature).
+async fn caching(args: &Args, policy: CachePolicy) -> Result<layers::Caching, String> {
+    let local = QueryCache::new(100_000);
+    match &args.redis {
+        None => Ok(layers::Caching::InProcess(local, policy)),
+        #[cfg(feature = "redis")]
+        Some(url) => {
+            let redis = fanout::cache::RedisTier::connect(url, "fanout-demo")
+                .await
+                .map_err(|e| format!("--redis: {e}"))?;
+            let shared = fanout::cache::SharedCache::new(&local, &redis);
+            Ok(layers::Caching::Shared(shared, policy))
+        }
+        #[cfg(not(feature = "redis"))]
+        Some(_) => Err(
+            "--redis needs the redis feature: cargo run --example dashboard --features redis -- --cache --redis URL"
+                .to_owned(),
+        ),
+    }
 }
 
 fn print_widget<T: Display>(name: &str, outcome: &Outcome<T>) {

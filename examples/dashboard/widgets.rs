@@ -104,7 +104,7 @@ impl<T: Send + Default> DashboardQuery for Widget<T> {
 }
 
 /// Integer cents of South African rand.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cents(pub i64);
 
 impl fmt::Display for Cents {
@@ -123,20 +123,24 @@ impl fmt::Display for Cents {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatusCount {
     pub status: String,
     pub count: i64,
     pub amount: Cents,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InvoiceStats(pub Vec<StatusCount>);
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Payment {
     pub id: i64,
-    #[serde(rename = "paid_at_unix_ms", serialize_with = "unix_millis")]
+    #[serde(
+        rename = "paid_at_unix_ms",
+        serialize_with = "unix_millis",
+        deserialize_with = "from_unix_millis"
+    )]
     pub paid_at: SystemTime,
     pub amount: Cents,
     pub parent: String,
@@ -152,10 +156,17 @@ fn unix_millis<S: serde::Serializer>(at: &SystemTime, serializer: S) -> Result<S
     serializer.serialize_u128(millis)
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+fn from_unix_millis<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SystemTime, D::Error> {
+    let millis = <u64 as serde::Deserialize>::deserialize(deserializer)?;
+    Ok(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(millis))
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecentPayments(pub Vec<Payment>);
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Arrear {
     pub parent_id: i64,
     pub parent: String,
@@ -163,7 +174,7 @@ pub struct Arrear {
     pub days_overdue: i32,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Arrears(pub Vec<Arrear>);
 
 fn one_bigint(rows: &[Row]) -> Result<i64, String> {
