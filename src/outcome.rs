@@ -4,6 +4,13 @@
 use std::time::Duration;
 
 /// The error type a failed query's error is boxed into.
+///
+/// # Examples
+///
+/// ```
+/// let error: fanout::BoxError = "connection reset".into();
+/// assert_eq!(fanout::Failure::Error(error).to_string(), "error: connection reset");
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// One query's result in a dashboard: the value to show, where it came from
