@@ -1,0 +1,116 @@
+//! [`RedisTier`], [`SharedCache`] and [`SharedCached`]: the cache's shared
+//! tier, in Redis, for several instances of a service (feature `redis`).
+//!
+//! See [`SharedCached`] for how the tiers work together.
+
+mod codec;
+mod error;
+mod health;
+mod shared;
+mod tier;
+
+pub use self::error::RedisTierError;
+pub use self::shared::{SharedCache, SharedCached};
+pub use self::tier::RedisTier;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use super::RedisTierError;
+    use super::codec::{decode_within, encode, now_ms};
+    use super::health::Health;
+    use super::tier::{MAX_PX_MS, escape, lock_token, px};
+
+    fn round_trip<T: Serialize + DeserializeOwned>(value: &T) -> T {
+        let bytes = encode(value, now_ms()).unwrap();
+        decode_within(&bytes, Duration::from_secs(60), "q")
+            .unwrap()
+            .0
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Stats {
+        count: u32,
+        names: Vec<String>,
+        ratio: Option<f64>,
+        kind: Kind,
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum Kind {
+        Plain,
+        Tagged { id: i64 },
+    }
+
+    #[test]
+    fn the_codec_keeps_the_value_types_dashboards_use() {
+        let stats = Stats {
+            count: 3,
+            names: vec!["a".into(), "b".into()],
+            ratio: Some(0.25),
+            kind: Kind::Tagged { id: -7 },
+        };
+        assert_eq!(round_trip(&stats), stats);
+        assert_eq!(round_trip(&vec![1_i64, -2, 3]), vec![1, -2, 3]);
+        assert_eq!(round_trip(&"text".to_owned()), "text");
+        assert_eq!(round_trip(&Kind::Plain), Kind::Plain);
+        let json = serde_json::json!({"total": 125000, "rows": [{"id": 1, "paid": true}], "note": null, "rate": 0.5});
+        assert_eq!(round_trip(&json), json);
+        // Compact: a struct is an array, without field names.
+        assert!(encode(&stats, 0).unwrap().len() < 30);
+    }
+
+    #[test]
+    fn a_value_of_another_shape_is_a_miss_and_an_old_one_too() {
+        let bytes = encode(&"text".to_owned(), now_ms()).unwrap();
+        assert!(decode_within::<i64>(&bytes, Duration::from_secs(60), "q").is_none());
+        let old = encode(&1_i64, now_ms() - 61_000).unwrap();
+        assert!(decode_within::<i64>(&old, Duration::from_secs(60), "q").is_none());
+        let (_, age) = decode_within::<i64>(&old, Duration::from_secs(120), "q").unwrap();
+        assert!(age >= Duration::from_secs(61));
+    }
+
+    #[test]
+    fn key_parts_never_run_together() {
+        assert_eq!(escape("total_revenue"), "total_revenue");
+        assert_eq!(escape("a:b%c"), "a%3Ab%25c");
+        assert_ne!(
+            format!("{}:{}", escape("a:b"), escape("c")),
+            format!("{}:{}", escape("a"), escape("b:c"))
+        );
+    }
+
+    #[test]
+    fn px_is_never_zero_nor_huge() {
+        assert_eq!(px(Duration::ZERO), 1);
+        assert_eq!(px(Duration::from_millis(1500)), 1500);
+        assert_eq!(px(Duration::MAX), MAX_PX_MS as u64);
+    }
+
+    #[test]
+    fn lock_tokens_are_unique() {
+        assert_ne!(lock_token(), lock_token());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_redis_is_tried_once_per_pause_and_warned_about_once() {
+        let health = Health::default();
+        let pause = Duration::from_secs(1);
+        let error = RedisTierError::timed_out("GET", Duration::from_millis(50));
+        assert!(health.admits(pause));
+        health.failed("ns", &error, pause);
+        assert!(!health.admits(pause));
+        tokio::time::advance(pause).await;
+        assert!(health.admits(pause), "one probe");
+        assert!(!health.admits(pause), "only one");
+        health.succeeded("ns");
+        assert!(health.admits(pause));
+        // A second episode soon after the first: no second WARN.
+        health.failed("ns", &error, pause);
+        assert!(health.state().warned_at.unwrap().elapsed() >= pause);
+    }
+}

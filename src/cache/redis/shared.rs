@@ -1,0 +1,473 @@
+//! [`SharedCache`] and [`SharedCached`]: the in-process tier in front of Redis.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::{Instant, sleep};
+
+use super::codec::{decode_within, encode, now_ms};
+use super::tier::{DEFAULT_LOCK_TTL, Keys, lock_token};
+use super::{RedisTier, RedisTierError};
+use crate::cache::{CachePolicy, QueryCache};
+use crate::{DashboardQuery, Loaded, QueryContext, TenantId};
+
+/// How often an instance waiting on another's lock looks for its value.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// An instance's in-process [`QueryCache`] in front of a shared
+/// [`RedisTier`]: what [`SharedCached`] queries are served through.
+///
+/// Cloning is cheap and shares both tiers. Make one per service and clone
+/// it; it remembers each tenant's generation as last read from Redis (one
+/// small entry per tenant), so that an invalidation made elsewhere reaches
+/// the in-process tier too.
+///
+/// # Examples
+///
+/// ```
+/// use fanout::cache::{QueryCache, RedisTier, SharedCache};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+/// let redis = RedisTier::connect(&url, "dashboards").await?;
+/// let cache = SharedCache::new(&QueryCache::new(10_000), &redis);
+/// assert_eq!(cache.local().entry_count(), 0);
+/// assert_eq!(cache.redis().namespace(), "dashboards");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SharedCache {
+    local: QueryCache,
+    redis: RedisTier,
+    seen: Arc<Mutex<HashMap<TenantId, Seen>>>,
+}
+
+/// A tenant's generation in Redis, and when it was read.
+#[derive(Clone, Copy)]
+struct Seen {
+    generation: u64,
+    at: Instant,
+}
+
+impl SharedCache {
+    /// `local` in front of `redis`.
+    ///
+    /// # Examples
+    ///
+    /// See [`SharedCache`].
+    pub fn new(local: &QueryCache, redis: &RedisTier) -> Self {
+        Self {
+            local: local.clone(),
+            redis: redis.clone(),
+            seen: Arc::default(),
+        }
+    }
+
+    /// The in-process tier.
+    ///
+    /// # Examples
+    ///
+    /// See [`SharedCache`].
+    pub fn local(&self) -> &QueryCache {
+        &self.local
+    }
+
+    /// The shared tier.
+    ///
+    /// # Examples
+    ///
+    /// See [`SharedCache`].
+    pub fn redis(&self) -> &RedisTier {
+        &self.redis
+    }
+
+    /// Makes every value cached for `tenant` unreachable, in O(1): the
+    /// tenant's generation moves on in Redis (`INCR`) and in this
+    /// instance's in-process tier. Other instances' in-process tiers follow
+    /// within the tier's [`generation_check`](RedisTier::generation_check).
+    /// Returns the new generation in Redis.
+    ///
+    /// # Errors
+    ///
+    /// Redis failed or did not answer within the call timeout: the
+    /// in-process tier is invalidated all the same, the other instances
+    /// are not.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use fanout::cache::{QueryCache, RedisTier, SharedCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let namespace = format!("doc-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
+    /// let cache = SharedCache::new(&QueryCache::new(100), &RedisTier::connect(&url, &namespace).await?);
+    /// let tenant = fanout::TenantId::new("t1")?;
+    /// assert_eq!(cache.invalidate_tenant(&tenant).await?, 1);
+    /// assert_eq!(cache.local().generation(&tenant), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_tenant(&self, tenant: &TenantId) -> Result<u64, RedisTierError> {
+        // Redis first, the in-process tier last: a load that starts in
+        // between uses the old local key, which the bump then retires.
+        let result = self.redis.invalidate_tenant(tenant).await;
+        if let Ok(generation) = result {
+            self.seen_mut().insert(
+                tenant.clone(),
+                Seen {
+                    generation,
+                    at: Instant::now(),
+                },
+            );
+        }
+        self.local.invalidate_tenant(tenant);
+        result
+    }
+
+    fn seen_mut(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Seen>> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The tenant's generation in Redis, read at most once per
+    /// `generation_check`; the last one read while Redis is unavailable,
+    /// `None` if none was. A new generation invalidates the tenant in the
+    /// in-process tier.
+    async fn generation(&self, tenant: &TenantId) -> Option<u64> {
+        let known = self.seen_mut().get(tenant).copied();
+        if let Some(seen) = known
+            && seen.at.elapsed() < self.redis.generation_check
+        {
+            return Some(seen.generation);
+        }
+        let asked = Instant::now();
+        let Some(generation) = self.redis.get_generation(tenant).await else {
+            return known.map(|seen| seen.generation);
+        };
+        let mut seen = self.seen_mut();
+        let now = Instant::now();
+        match seen.get_mut(tenant) {
+            // Newer news arrived while we asked (an invalidation here).
+            Some(latest) if latest.at > asked => Some(latest.generation),
+            Some(latest) => {
+                let changed = latest.generation != generation;
+                *latest = Seen {
+                    generation,
+                    at: now,
+                };
+                drop(seen);
+                if changed {
+                    self.local.invalidate_tenant(tenant);
+                }
+                Some(generation)
+            }
+            None => {
+                seen.insert(
+                    tenant.clone(),
+                    Seen {
+                        generation,
+                        at: now,
+                    },
+                );
+                Some(generation)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SharedCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedCache")
+            .field("local", &self.local)
+            .field("redis", &self.redis)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A query served through a [`SharedCache`]: the in-process tier, then
+/// Redis, then the query itself. A [`DashboardQuery`] with the wrapped
+/// query's name, timeout and fallback, like [`Cached`](crate::cache::Cached).
+///
+/// The value type must be `Clone` and serde's `Serialize` and
+/// `DeserializeOwned` (it is stored as MessagePack). A value stored by a
+/// build whose type has changed shape does not decode and counts as a miss;
+/// change the namespace along with such a type to keep versions apart.
+///
+/// | found… | source |
+/// |--------|--------|
+/// | in this instance, younger than `ttl` | `Cached { age }` |
+/// | in Redis, younger than `ttl` | `Cached { age }` (age from when it was computed, on any instance) |
+/// | nowhere, or Redis unavailable: the query ran | `Fresh`; the value is stored in both tiers |
+/// | the query failed: the last value within `ttl + stale_if_error`, here or in Redis | `Stale { age, cause }` |
+///
+/// # Degrading
+///
+/// Every Redis call has a short timeout (50 ms by default), and a Redis that
+/// fails or is slow is then left alone for a while (a circuit breaker; see
+/// [`RedisTier`]): queries are served by the in-process tier and the
+/// database as if there were no shared tier. The tier logs one WARN when
+/// Redis starts failing (at most one per 30 s) and one INFO when it answers
+/// again; a query's outcome is never an error because of Redis, and a
+/// dashboard is at most one call timeout slower.
+///
+/// # Keys
+///
+/// | key | holds |
+/// |-----|-------|
+/// | `{namespace}:gen:{tenant}` | the tenant's generation (missing = 0), `INCR`ed by [`SharedCache::invalidate_tenant`] |
+/// | `{namespace}:v1:{tenant}:{generation}:{query}:{key}` | a value and the wall-clock time it was computed (MessagePack), expiring after the policy's [`keep_for`](CachePolicy::keep_for) |
+/// | `{namespace}:lock:{tenant}:{generation}:{query}:{key}` | the lock of the instance computing that value (`SET NX PX`) |
+///
+/// A `:` or `%` in the query name or key is written `%3A` or `%25`, and a
+/// tenant id has neither, so two tenants never share a key. Invalidation
+/// moves the tenant to a new generation in O(1), without `KEYS` or `SCAN`;
+/// the old values age out.
+///
+/// # One execution across instances
+///
+/// Within an instance, callers of one key wait on one computation (the
+/// in-process tier's). Across instances, the one that finds no value takes
+/// the key's lock and runs the query; the others poll Redis for its value
+/// for at most the lock wait (250 ms by default), then run the query
+/// themselves. With the lock wait longer than the query, a stampede costs
+/// the database one execution per key; a slower query or a lock holder
+/// that dies costs one more from each waiting instance.
+///
+/// # Examples
+///
+/// Two instances of a service, each with its own in-process cache, share
+/// values through Redis:
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::time::Duration;
+/// use fanout::cache::{CachePolicy, QueryCache, RedisTier, SharedCache, SharedCached};
+/// use fanout::{DashboardQuery, FanOut, QueryContext, Source, TenantId};
+///
+/// #[derive(Default)]
+/// struct Revenue { runs: AtomicUsize }
+///
+/// impl DashboardQuery for Revenue {
+///     type Output = i64;
+///     type Error = std::io::Error;
+///     fn name(&self) -> &'static str { "total_revenue" }
+///     async fn run(&self, _ctx: QueryContext) -> Result<i64, std::io::Error> {
+///         self.runs.fetch_add(1, Ordering::SeqCst);
+///         Ok(125_000)
+///     }
+///     fn fallback(&self) -> i64 { 0 }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+/// # let namespace = format!("doc-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
+/// let redis = RedisTier::connect(&url, &namespace).await?;
+/// let policy = CachePolicy::ttl(Duration::from_secs(30));
+/// let (fan_out, tenant) = (FanOut::new(), TenantId::new("creche-1")?);
+///
+/// let a = SharedCached::new(Revenue::default(), &SharedCache::new(&QueryCache::new(1_000), &redis), policy);
+/// let b = SharedCached::new(Revenue::default(), &SharedCache::new(&QueryCache::new(1_000), &redis), policy);
+///
+/// let (first,) = fan_out.run(&tenant, (&a,)).await;
+/// assert!(first.is_fresh());
+/// let (second,) = fan_out.run(&tenant, (&b,)).await;
+/// assert!(matches!(second.source, Source::Cached { .. }));
+/// assert_eq!(second.value, 125_000);
+/// assert_eq!(b.inner().runs.load(Ordering::SeqCst), 0); // served by a's execution
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct SharedCached<Q> {
+    query: Q,
+    cache: SharedCache,
+    policy: CachePolicy,
+    key: Arc<str>,
+}
+
+impl<Q> SharedCached<Q> {
+    /// Serves `query` through `cache` under `policy`.
+    ///
+    /// # Examples
+    ///
+    /// See [`SharedCached`].
+    pub fn new(query: Q, cache: &SharedCache, policy: CachePolicy) -> Self {
+        Self {
+            query,
+            cache: cache.clone(),
+            policy,
+            key: Arc::from(""),
+        }
+    }
+
+    /// Adds `key` to the cache key, for a query whose value depends on more
+    /// than the tenant (a date range, a page).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use fanout::cache::{CachePolicy, QueryCache, RedisTier, SharedCache, SharedCached};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let cache = SharedCache::new(&QueryCache::new(100), &RedisTier::connect(&url, "dashboards").await?);
+    /// let this_month = SharedCached::new("query", &cache, CachePolicy::ttl(Duration::from_secs(60))).key("2026-11");
+    /// # let _ = this_month;
+    /// # Ok(()) }
+    /// ```
+    pub fn key(mut self, key: impl AsRef<str>) -> Self {
+        self.key = Arc::from(key.as_ref());
+        self
+    }
+
+    /// The wrapped query.
+    ///
+    /// # Examples
+    ///
+    /// See [`SharedCached`].
+    pub fn inner(&self) -> &Q {
+        &self.query
+    }
+}
+
+impl<Q> SharedCached<Q>
+where
+    Q: DashboardQuery,
+    Q::Output: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Past the in-process tier: Redis, the lock, or the query.
+    async fn compute(
+        &self,
+        ctx: QueryContext,
+        generation: Option<u64>,
+    ) -> Result<Loaded<Q::Output>, Q::Error> {
+        let redis = &self.cache.redis;
+        let Some(generation) = generation else {
+            return self.query.run(ctx).await.map(Loaded::Fresh);
+        };
+        let name = self.query.name();
+        let keys = redis.keys(ctx.tenant(), generation, name, &self.key);
+        let ttl = self.policy.time_to_live();
+        match redis.get(&keys.value).await {
+            None => return self.run_and_store(ctx, &keys, None).await,
+            Some(Some(bytes)) => {
+                if let Some((value, age)) = decode_within(&bytes, ttl, name) {
+                    return Ok(Loaded::Cached { value, age });
+                }
+            }
+            Some(None) => {}
+        }
+        let token = lock_token();
+        let lock_ttl = redis
+            .lock_ttl
+            .or_else(|| ctx.remaining())
+            .unwrap_or(DEFAULT_LOCK_TTL);
+        match redis.lock(&keys, &token, lock_ttl).await {
+            Some(true) => return self.run_and_store(ctx, &keys, Some(&token)).await,
+            None => return self.run_and_store(ctx, &keys, None).await,
+            Some(false) => {}
+        }
+        // Another instance is computing: wait a bounded time for its value,
+        // or take over its lock if it gives up without one.
+        let until = Instant::now() + redis.lock_wait;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            sleep(POLL_INTERVAL.min(until - now)).await;
+            let Some((value, locked)) = redis.poll(&keys).await else {
+                break;
+            };
+            if let Some(bytes) = value
+                && let Some((value, age)) = decode_within(&bytes, ttl, name)
+            {
+                return Ok(Loaded::Cached { value, age });
+            }
+            if !locked && redis.lock(&keys, &token, lock_ttl).await == Some(true) {
+                return self.run_and_store(ctx, &keys, Some(&token)).await;
+            }
+        }
+        self.run_and_store(ctx, &keys, None).await
+    }
+
+    /// Runs the query and stores its value in Redis, releasing the lock if
+    /// `token` holds it.
+    async fn run_and_store(
+        &self,
+        ctx: QueryContext,
+        keys: &Keys,
+        token: Option<&str>,
+    ) -> Result<Loaded<Q::Output>, Q::Error> {
+        let result = self.query.run(ctx).await;
+        let bytes = match &result {
+            Ok(value) => match encode(value, now_ms()) {
+                Ok(bytes) => Some(bytes),
+                Err(error) => {
+                    tracing::debug!(query = self.query.name(), %error, "cannot encode a value for the shared cache");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        self.cache
+            .redis
+            .store(keys, bytes, self.policy.keep_for(), token)
+            .await;
+        result.map(Loaded::Fresh)
+    }
+}
+
+impl<Q> DashboardQuery for SharedCached<Q>
+where
+    Q: DashboardQuery,
+    Q::Output: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    type Output = Q::Output;
+    type Error = Q::Error;
+
+    fn name(&self) -> &'static str {
+        self.query.name()
+    }
+
+    async fn run(&self, ctx: QueryContext) -> Result<Q::Output, Q::Error> {
+        match self.load(ctx).await? {
+            Loaded::Fresh(value) | Loaded::Cached { value, .. } => Ok(value),
+        }
+    }
+
+    fn fallback(&self) -> Q::Output {
+        self.query.fallback()
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        self.query.timeout()
+    }
+
+    async fn load(&self, ctx: QueryContext) -> Result<Loaded<Q::Output>, Q::Error> {
+        let generation = self.cache.generation(ctx.tenant()).await;
+        self.cache
+            .local
+            .load_with(self.query.name(), &self.key, self.policy, ctx, |ctx| {
+                self.compute(ctx, generation)
+            })
+            .await
+    }
+
+    async fn stale(&self, tenant: &TenantId) -> Option<(Q::Output, Duration)> {
+        let name = self.query.name();
+        let local = self.cache.local.stale(tenant, name, &self.key, self.policy);
+        if let Some(found) = local.await {
+            return Some(found);
+        }
+        let generation = self.cache.generation(tenant).await?;
+        let keys = self.cache.redis.keys(tenant, generation, name, &self.key);
+        let bytes = self.cache.redis.get(&keys.value).await??;
+        decode_within(&bytes, self.policy.keep_for(), name)
+    }
+}
