@@ -358,8 +358,10 @@ async fn dashboards_while_degraded(
 
 const QUERY_MS: u64 = 20;
 const CALL_TIMEOUT: Duration = Duration::from_millis(50);
-/// Scheduling noise on a loaded two-core machine.
-const SLACK: Duration = Duration::from_millis(60);
+/// Scheduling noise on a loaded two-core machine. Kept below two more call
+/// timeouts, so a tier that waited out several timed-out calls per
+/// dashboard (no circuit breaker: 20 + 3 x 50 ms or more) still fails.
+const SLACK: Duration = Duration::from_millis(80);
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_redis_killed_mid_test_degrades_to_the_local_tier_and_the_database_with_one_warning() {
