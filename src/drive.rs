@@ -1,9 +1,12 @@
 //! [`Drive`]: the engine under every fan-out. A stream of inputs as they
-//! settle, in completion order, honouring the timeout, deadline,
-//! concurrency limit and shared limiter of a [`FanOut`].
+//! end, in completion order, honouring the timeout, deadline, concurrency
+//! limit and shared limiter of a [`FanOut`]. A failed input's stale lookup
+//! runs here too, beside the inputs still in flight and under the same
+//! timers, so nothing a fan-out awaits outlives its deadline.
 
 use std::future::Future;
 use std::iter::{Enumerate, Peekable};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -13,7 +16,7 @@ use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use crate::running::{Ended, Running};
+use crate::running::{Running, panic_message};
 use crate::{FanOut, Settled};
 
 /// One input of a fan-out, not yet started.
@@ -21,6 +24,8 @@ pub(crate) trait Job {
     type Ok;
     type Err;
     type Future: Future<Output = Result<Self::Ok, Self::Err>>;
+    /// What the input falls back on when it fails: its stale lookup.
+    type Recover: Recover;
 
     /// True when no job of this type overrides the fan-out's timeout. Such a
     /// fan-out, when every input starts at once, needs one timer in all.
@@ -29,9 +34,43 @@ pub(crate) trait Job {
     /// This job's own timeout; `None` means the fan-out's.
     fn timeout(&self) -> Option<Duration>;
 
+    /// The query's name, carried to its [`Ended`]; empty for plain futures.
+    fn name(&self) -> &'static str {
+        ""
+    }
+
     /// Starts the job. `deadline` is the earlier of its own timeout and the
     /// fan-out's deadline, for jobs that pass it on (to a database, say).
-    fn start(self, deadline: Option<Instant>) -> Self::Future;
+    ///
+    /// Runs no user code: whatever the input does happens when it is
+    /// polled, where panics are caught.
+    fn start(self, deadline: Option<Instant>) -> (Self::Future, Self::Recover);
+
+    /// The job will never start (the deadline passed, the limiter closed):
+    /// what it falls back on.
+    fn skip(self) -> Self::Recover;
+}
+
+/// A failed input's way to a stale value.
+pub(crate) trait Recover {
+    type Value;
+    type Future: Future<Output = Option<Self::Value>>;
+
+    /// The lookup, not yet polled, or `None` when there is nothing to look
+    /// up. Runs no user code, like [`Job::start`].
+    fn recover(self) -> Option<Self::Future>;
+}
+
+/// No stale value, ever: the plain futures of `settle` and `stream`.
+pub(crate) struct NoRecovery;
+
+impl Recover for NoRecovery {
+    type Value = std::convert::Infallible;
+    type Future = std::future::Pending<Option<std::convert::Infallible>>;
+
+    fn recover(self) -> Option<Self::Future> {
+        None
+    }
 }
 
 /// A future that is already built: starting it is polling it.
@@ -44,6 +83,7 @@ where
     type Ok = T;
     type Err = E;
     type Future = F;
+    type Recover = NoRecovery;
 
     const UNIFORM_TIMEOUT: bool = true;
 
@@ -51,21 +91,28 @@ where
         None
     }
 
-    fn start(self, _deadline: Option<Instant>) -> F {
-        self.0
+    fn start(self, _deadline: Option<Instant>) -> (F, NoRecovery) {
+        (self.0, NoRecovery)
+    }
+
+    fn skip(self) -> NoRecovery {
+        NoRecovery
     }
 }
 
-/// One settled input: its index, how it ended, and when it started and
-/// ended (the same instant for an input that never started).
-pub(crate) struct Finished<T, E> {
+/// How one input ended: its index, how its future ended, the stale value
+/// its lookup found when that was a failure, and when it started and ended
+/// (the same instant for an input that never started).
+pub(crate) struct Ended<T, E, V> {
     pub(crate) index: usize,
+    pub(crate) name: &'static str,
     pub(crate) settled: Settled<T, E>,
-    started_at: Instant,
-    ended_at: Instant,
+    pub(crate) stale: Option<V>,
+    pub(crate) started_at: Instant,
+    pub(crate) ended_at: Instant,
 }
 
-impl<T, E> Finished<T, E> {
+impl<T, E, V> Ended<T, E, V> {
     /// How long the input ran; computed on demand, as most callers log it
     /// only when logging is on.
     pub(crate) fn elapsed(&self) -> Duration {
@@ -73,12 +120,17 @@ impl<T, E> Finished<T, E> {
     }
 }
 
+type EndedOf<J> = Ended<<J as Job>::Ok, <J as Job>::Err, <<J as Job>::Recover as Recover>::Value>;
+
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 /// The engine: see the module docs.
 pub(crate) struct Drive<It: Iterator, J: Job> {
     pending: Peekable<Enumerate<It>>,
-    in_flight: FuturesUnordered<Running<J::Future>>,
+    /// How many inputs were taken from the iterator: the number of results
+    /// this fan-out yields, whatever the iterator's size hint said.
+    seen: usize,
+    in_flight: FuturesUnordered<Running<J::Future, J::Ok, J::Err, J::Recover>>,
     limit: usize,
     limiter: Option<Arc<Semaphore>>,
     acquiring: Option<Acquire>,
@@ -86,11 +138,12 @@ pub(crate) struct Drive<It: Iterator, J: Job> {
     timeout: Option<Duration>,
     deadline: Option<Duration>,
     clock: Option<Clock>,
-    expired: Option<Expired>,
+    expired: Option<Expired<EndedOf<J>>>,
 }
 
 /// Set on the first poll, when the fan-out starts.
 struct Clock {
+    started_at: Instant,
     deadline_at: Option<Instant>,
     /// Per-item timeout for each input, unless it is folded into `shared`.
     per_item: Option<Duration>,
@@ -106,9 +159,8 @@ struct Clock {
 
 /// Once the shared timer fires: the inputs that were running, then the ones
 /// never started, are reported one by one.
-struct Expired {
-    running: std::vec::IntoIter<(usize, Instant)>,
-    timed_out: bool,
+struct Expired<E> {
+    running: std::vec::IntoIter<E>,
     at: Instant,
 }
 
@@ -124,6 +176,7 @@ where
     pub(crate) fn new(plan: &FanOut, jobs: It) -> Self {
         Self {
             pending: jobs.enumerate().peekable(),
+            seen: 0,
             in_flight: FuturesUnordered::new(),
             limit: plan.concurrency_limit().map_or(usize::MAX, |n| n.get()),
             limiter: plan.shared_limiter().cloned(),
@@ -136,6 +189,18 @@ where
         }
     }
 
+    /// How many inputs the fan-out has taken so far; once the stream has
+    /// ended, how many it had in all.
+    pub(crate) fn seen(&self) -> usize {
+        self.seen
+    }
+
+    fn next_job(&mut self) -> Option<(usize, J)> {
+        let next = self.pending.next()?;
+        self.seen += 1;
+        Some(next)
+    }
+
     fn start_clock(&self, now: Instant) -> Clock {
         let deadline_at = self.deadline.and_then(|d| now.checked_add(d));
         let all_start_now = self.limit == usize::MAX && self.limiter.is_none();
@@ -145,6 +210,7 @@ where
             let timeout_at = self.timeout.and_then(|t| now.checked_add(t));
             let shared_at = earliest(timeout_at, deadline_at);
             return Clock {
+                started_at: now,
                 deadline_at,
                 per_item: None,
                 shared_at,
@@ -153,6 +219,7 @@ where
             };
         }
         Clock {
+            started_at: now,
             deadline_at,
             per_item: self.timeout,
             shared_at: deadline_at,
@@ -163,21 +230,25 @@ where
 
     /// Starts inputs while the limits allow; returns an input that settled
     /// without starting (the limiter was closed), if any.
-    fn start_inputs(
-        &mut self,
-        now: Instant,
-        cx: &mut Context<'_>,
-    ) -> Option<Finished<J::Ok, J::Err>> {
+    ///
+    /// Nothing starts at or after the deadline, except at the instant the
+    /// fan-out itself starts: then every input gets its first poll, so that
+    /// a ready input succeeds even under `deadline(Duration::ZERO)`, as
+    /// under a zero timeout. A slot that frees exactly at the deadline
+    /// starts nothing: that input would be cut off the moment it was sent.
+    fn start_inputs(&mut self, now: Instant, cx: &mut Context<'_>) -> Option<EndedOf<J>> {
         let (deadline_at, per_item) = match &self.clock {
-            Some(clock) => (clock.deadline_at, clock.per_item),
-            None => return None,
+            Some(clock) if now == clock.started_at || clock.deadline_at.is_none_or(|d| now < d) => {
+                (clock.deadline_at, clock.per_item)
+            }
+            _ => return None,
         };
         while self.in_flight.len() < self.limit && self.pending.peek().is_some() {
             let permit = match &self.limiter {
                 None => None,
                 Some(_) if self.limiter_closed => {
-                    let (index, _job) = self.pending.next()?;
-                    return Some(not_started(index, Settled::LimiterClosed, now));
+                    let (index, job) = self.next_job()?;
+                    return Some(not_started(index, job, Settled::LimiterClosed, now, cx));
                 }
                 Some(limiter) => match poll_permit(limiter, &mut self.acquiring, cx) {
                     Poll::Pending => break,
@@ -188,52 +259,53 @@ where
                     }
                 },
             };
-            let Some((index, job)) = self.pending.next() else {
+            let Some((index, job)) = self.next_job() else {
                 break;
             };
             let expiry = job.timeout().or(per_item).and_then(|t| now.checked_add(t));
             // Its own timer only when it would fire before the shared one.
             let own_timer = expiry.filter(|&at| deadline_at.is_none_or(|d| at < d));
-            let input = job.start(earliest(expiry, deadline_at));
-            self.in_flight
-                .push(Running::new(input, index, now, own_timer, permit));
+            let name = job.name();
+            let (input, recover) = job.start(earliest(expiry, deadline_at));
+            self.in_flight.push(Running::new(
+                input, recover, index, name, now, own_timer, permit,
+            ));
         }
         None
     }
 
-    fn expire(&mut self, timed_out: bool, now: Instant) {
-        let mut running: Vec<(usize, Instant)> = Pin::new(&self.in_flight)
-            .iter_pin_ref()
-            .map(|input| (input.index(), input.started_at()))
+    /// The shared timer fired: every input still running stops now, each
+    /// with one last poll of its stale lookup.
+    fn expire(&mut self, timed_out: bool, now: Instant, cx: &mut Context<'_>) {
+        let cause = || {
+            if timed_out {
+                Settled::TimedOut
+            } else {
+                Settled::DeadlineExceeded
+            }
+        };
+        let mut running: Vec<EndedOf<J>> = Pin::new(&mut self.in_flight)
+            .iter_pin_mut()
+            .map(|input| input.expire(cause(), now, cx))
             .collect();
-        running.sort_unstable_by_key(|&(index, _)| index);
-        // Dropping the inputs is what cancels them.
+        running.sort_unstable_by_key(|ended| ended.index);
+        // Each input and lookup is dropped already; these are empty shells.
         self.in_flight.clear();
         self.acquiring = None;
         self.expired = Some(Expired {
             running: running.into_iter(),
-            timed_out,
             at: now,
         });
     }
 
-    fn next_expired(&mut self) -> Option<Finished<J::Ok, J::Err>> {
+    fn next_expired(&mut self, cx: &mut Context<'_>) -> Option<EndedOf<J>> {
         let expired = self.expired.as_mut()?;
-        if let Some((index, started_at)) = expired.running.next() {
-            let settled = if expired.timed_out {
-                Settled::TimedOut
-            } else {
-                Settled::DeadlineExceeded
-            };
-            return Some(Finished {
-                index,
-                settled,
-                started_at,
-                ended_at: expired.at,
-            });
+        if let Some(ended) = expired.running.next() {
+            return Some(ended);
         }
-        let (index, _job) = self.pending.next()?;
-        Some(not_started(index, Settled::DeadlineExceeded, expired.at))
+        let at = expired.at;
+        let (index, job) = self.next_job()?;
+        Some(not_started(index, job, Settled::DeadlineExceeded, at, cx))
     }
 }
 
@@ -242,51 +314,44 @@ where
     It: Iterator<Item = J>,
     J: Job,
 {
-    type Item = Finished<J::Ok, J::Err>;
+    type Item = EndedOf<J>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if this.expired.is_some() {
-            return Poll::Ready(this.next_expired());
+            return Poll::Ready(this.next_expired(cx));
         }
         let now = Instant::now();
         if this.clock.is_none() {
             this.clock = Some(this.start_clock(now));
         }
-        if let Some(finished) = this.start_inputs(now, cx) {
-            return Poll::Ready(Some(finished));
+        if let Some(ended) = this.start_inputs(now, cx) {
+            return Poll::Ready(Some(ended));
         }
         // Inputs are polled before the shared timer, so an input that is
         // ready is never reported as expired.
         match this.in_flight.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ended {
-                index,
-                started_at,
-                settled,
-            })) => {
-                return Poll::Ready(Some(Finished {
-                    index,
-                    settled,
-                    started_at,
-                    ended_at: now,
-                }));
-            }
+            Poll::Ready(Some(ended)) => return Poll::Ready(Some(ended)),
             Poll::Ready(None) if this.pending.peek().is_none() => return Poll::Ready(None),
-            // Empty but inputs remain: waiting for a limiter permit.
+            // Empty but inputs remain: waiting for a limiter permit, or
+            // past the shared expiry with inputs never started.
             Poll::Ready(None) | Poll::Pending => {}
         }
         if let Some(clock) = this.clock.as_mut()
             && let Some(at) = clock.shared_at
-            && clock
-                .shared
-                .get_or_insert_with(|| Box::pin(sleep_until(at)))
-                .as_mut()
-                .poll(cx)
-                .is_ready()
+            // The clock is checked as well as the timer: a timer armed at
+            // the expiry instant may not be ready on this very poll.
+            && (now >= at
+                || clock
+                    .shared
+                    .get_or_insert_with(|| Box::pin(sleep_until(at)))
+                    .as_mut()
+                    .poll(cx)
+                    .is_ready())
         {
             let timed_out = clock.shared_is_timeout;
-            this.expire(timed_out, now);
-            return Poll::Ready(this.next_expired());
+            this.expire(timed_out, now, cx);
+            return Poll::Ready(this.next_expired(cx));
         }
         Poll::Pending
     }
@@ -301,12 +366,45 @@ where
     }
 }
 
-fn not_started<T, E>(index: usize, settled: Settled<T, E>, at: Instant) -> Finished<T, E> {
-    Finished {
+/// An input that never started: it settles as `settled` at `at`, with one
+/// poll of its stale lookup.
+fn not_started<J: Job>(
+    index: usize,
+    job: J,
+    settled: Settled<J::Ok, J::Err>,
+    at: Instant,
+    cx: &mut Context<'_>,
+) -> EndedOf<J> {
+    let name = job.name();
+    let stale = job
+        .skip()
+        .recover()
+        .and_then(|lookup| poll_once(lookup, cx));
+    Ended {
         index,
+        name,
         settled,
+        stale,
         started_at: at,
         ended_at: at,
+    }
+}
+
+/// One poll of a stale lookup for an input that never started, its panics
+/// (in `poll` and in `Drop`) counted as "no stale value".
+fn poll_once<F: Future<Output = Option<V>>, V>(lookup: F, cx: &mut Context<'_>) -> Option<V> {
+    let mut lookup = std::pin::pin!(Some(lookup));
+    let found = catch_unwind(AssertUnwindSafe(|| {
+        lookup.as_mut().as_pin_mut().map(|lookup| lookup.poll(cx))
+    }));
+    let dropped = catch_unwind(AssertUnwindSafe(|| lookup.set(None)));
+    match (found, dropped) {
+        (Ok(Some(Poll::Ready(found))), Ok(())) => found,
+        (Err(payload), _) | (_, Err(payload)) => {
+            tracing::error!(error = %panic_message(&*payload), "stale lookup panicked");
+            None
+        }
+        _ => None,
     }
 }
 

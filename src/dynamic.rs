@@ -249,6 +249,14 @@ impl fmt::Debug for Widget {
 #[derive(Debug)]
 pub struct WidgetError(BoxError);
 
+impl WidgetError {
+    /// The query's own error, unwrapped.
+    #[cfg(feature = "cache")]
+    pub(crate) fn inner(&self) -> &(dyn std::error::Error + 'static) {
+        &*self.0
+    }
+}
+
 impl From<BoxError> for WidgetError {
     fn from(error: BoxError) -> Self {
         Self(error)

@@ -445,7 +445,8 @@ impl FanOut {
         tenant: &TenantId,
         queries: &'a [Q],
     ) -> impl Stream<Item = (usize, crate::Outcome<Q::Output>)> + Send + Unpin + use<'a, Q> {
-        crate::query_job::stream_queries(self, tenant, queries)
+        crate::query_stream::stream(self, tenant, queries)
+            .map(|(index, _name, outcome)| (index, outcome))
     }
 
     /// Runs every future concurrently and yields each one's index and
@@ -487,9 +488,9 @@ impl FanOut {
         I: IntoIterator<Item = F>,
         F: Future<Output = Result<T, E>>,
     {
-        Drive::new(self, futures.into_iter().map(Eager)).map(|finished| {
-            log::input_settled(&finished, |_| None);
-            (finished.index, finished.settled)
+        Drive::new(self, futures.into_iter().map(Eager)).map(|ended| {
+            log::input_settled(&ended, |_| None);
+            (ended.index, ended.settled)
         })
     }
 
@@ -504,14 +505,14 @@ impl FanOut {
     {
         let drive = Drive::new(self, futures.into_iter().map(Eager));
         let mut results = InOrder::new(Stream::size_hint(&drive).0);
-        let span = tracing::debug_span!("fan_out", inputs = results.len());
+        let span = tracing::debug_span!("fan_out");
         async {
             let mut drive = drive;
-            while let Some(finished) = drive.next().await {
-                log::input_settled(&finished, &error);
-                results.place(finished.index, finished.settled);
+            while let Some(ended) = drive.next().await {
+                log::input_settled(&ended, &error);
+                results.place(ended.index, ended.settled);
             }
-            results.finish()
+            results.finish(drive.seen())
         }
         .instrument(span)
         .await

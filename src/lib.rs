@@ -143,6 +143,7 @@ mod drive;
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub mod dynamic;
 mod fan_out;
+mod hooks;
 mod in_order;
 mod log;
 #[cfg(feature = "metrics")]
@@ -153,9 +154,11 @@ mod outcome;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 mod query;
-mod query_job;
 mod query_set;
+mod query_stream;
+mod query_tuple;
 mod report;
+mod resolve;
 mod running;
 mod settled;
 mod tenant;

@@ -7,7 +7,7 @@
 use std::fmt::Display;
 use std::time::Duration;
 
-use crate::drive::Finished;
+use crate::drive::Ended;
 use crate::{Failure, Settled, Source, TenantId};
 
 /// Milliseconds with microsecond precision (`12.345`), not float noise.
@@ -21,8 +21,8 @@ fn millis(elapsed: Duration) -> f64 {
 ///
 /// The fields are computed inside the macros, so only when the event is
 /// enabled: this runs once per input, on the hot path.
-pub(crate) fn input_settled<T, E>(
-    finished: &Finished<T, E>,
+pub(crate) fn input_settled<T, E, V>(
+    finished: &Ended<T, E, V>,
     error: impl FnOnce(&E) -> Option<&dyn Display>,
 ) {
     let (index, settled) = (finished.index, &finished.settled);
@@ -60,12 +60,7 @@ pub(crate) fn input_settled<T, E>(
 
 /// A query of a dashboard, once its outcome is known: DEBUG when fresh or
 /// cached, WARN when stale or a fallback, ERROR when it panicked.
-pub(crate) fn query_finished(
-    tenant: &TenantId,
-    query: &'static str,
-    source: &Source,
-    elapsed: Duration,
-) {
+pub(crate) fn query_finished(tenant: &TenantId, query: &str, source: &Source, elapsed: Duration) {
     let tenant = tenant.as_str();
     let outcome = source.label();
     let elapsed_ms = millis(elapsed);
@@ -118,4 +113,15 @@ fn detail(failure: &Failure) -> &dyn Display {
         Failure::Panicked(message) => message,
         other => other,
     }
+}
+
+/// A failed query whose `fallback()` panicked: no value exists to show.
+pub(crate) fn fallback_panicked(tenant: &TenantId, query: &str, failure: &Failure, message: &str) {
+    tracing::error!(
+        tenant = tenant.as_str(),
+        query,
+        outcome = failure.label(),
+        error = %message,
+        "query failed and its fallback panicked; no value to show"
+    );
 }

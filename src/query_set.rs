@@ -7,11 +7,11 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use crate::in_order::InOrder;
-use crate::query_job::{
-    QueryJob, Settlement, fan_out_finished, into_outcome, run_queries, stream_queries,
-};
+use crate::query_stream;
+use crate::query_tuple::{self, Member, Slot};
 use crate::report::QueryReport;
-use crate::{DashboardQuery, FanOut, Loaded, Outcome, Report, TenantId};
+use crate::resolve::fan_out_finished;
+use crate::{DashboardQuery, FanOut, Outcome, Report, TenantId};
 
 /// A set of [`DashboardQuery`] values that [`FanOut::run`] can run as one
 /// dashboard: a tuple of 1 to 12 queries (each its own type), or a `Vec` of
@@ -83,17 +83,22 @@ impl<Q: DashboardQuery> QuerySet for Vec<Q> {
     ) -> (Self::Outcomes, Option<Report>) {
         let started = Instant::now();
         let mut outcomes = InOrder::new(self.len());
-        let mut stream = stream_queries(fan_out, tenant, &self);
-        while let Some((index, outcome)) = stream.next().await {
+        let mut names = InOrder::new(if report { self.len() } else { 0 });
+        let mut stream = query_stream::stream(fan_out, tenant, &self);
+        while let Some((index, name, outcome)) = stream.next().await {
+            if report {
+                names.place(index, name);
+            }
             outcomes.place(index, outcome);
         }
-        let outcomes = outcomes.finish();
+        let outcomes = outcomes.finish(self.len());
         let report = report.then(|| {
-            let queries = self
-                .iter()
+            let queries = names
+                .finish(self.len())
+                .into_iter()
                 .zip(&outcomes)
-                .map(|(query, outcome)| {
-                    QueryReport::new(query.name(), outcome.source.label(), outcome.elapsed)
+                .map(|(name, outcome)| {
+                    QueryReport::new(name, outcome.source.label(), outcome.elapsed)
                 })
                 .collect();
             Report::new(tenant, started.elapsed(), queries)
@@ -110,22 +115,31 @@ macro_rules! tuple_query_set {
             type Outcomes = ($(Outcome<$ty::Output>,)+);
 
             async fn run_set(
-        self,
-        fan_out: &FanOut,
-        tenant: &TenantId,
-        report: bool,
-    ) -> (Self::Outcomes, Option<Report>) {
+                self,
+                fan_out: &FanOut,
+                tenant: &TenantId,
+                report: bool,
+            ) -> (Self::Outcomes, Option<Report>) {
                 let started = Instant::now();
                 let ($($query,)+) = self;
-                $(let mut $slot: Option<Loaded<$ty::Output>> = None;)+
-                let jobs = [$(QueryJob::new(&$query, &mut $slot, tenant)),+];
-                let mut settlements = run_queries(fan_out, jobs.len(), jobs).await.into_iter();
-                let outcomes = ($(into_outcome(&$query, tenant, $slot, settlements.next().unwrap_or_else(Settlement::missing)).await,)+);
+                $(let $slot = Slot::new(&$query);)+
+                let members: &[&dyn Member] = &[$(&$slot),+];
+                let mut ended = query_tuple::run(fan_out, tenant, members).await.into_iter();
+                let names = [$($slot.name()),+];
+                let outcomes = ($($slot.outcome(
+                    tenant,
+                    ended.next().expect("fanout bug: a tuple query has no result"),
+                ),)+);
                 let elapsed = started.elapsed();
                 fan_out_finished(elapsed);
                 let report = report.then(|| {
                     let ($($slot,)+) = &outcomes;
-                    let queries = vec![$(QueryReport::new($query.name(), $slot.source.label(), $slot.elapsed)),+];
+                    let mut names = names.into_iter();
+                    let queries = vec![$(QueryReport::new(
+                        names.next().unwrap_or_default(),
+                        $slot.source.label(),
+                        $slot.elapsed,
+                    )),+];
                     Report::new(tenant, elapsed, queries)
                 });
                 (outcomes, report)

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fanout::cache::{CachePolicy, Cached, QueryCache};
+use fanout::cache::{CachePolicy, Cached, LoadError, QueryCache};
 #[cfg(feature = "redis")]
 use fanout::cache::{SharedCache, SharedCached};
 use fanout::{DashboardQuery, Loaded, QueryContext, TenantId};
@@ -120,18 +120,25 @@ impl<Q> Layer<Q> {
 
 impl<Q> DashboardQuery for Layer<Q>
 where
-    Q: DashboardQuery,
+    Q: DashboardQuery + 'static,
     Q::Output: CacheValue,
 {
     type Output = Q::Output;
-    type Error = Q::Error;
+    // What the cache layers fail with; the direct layer's errors are
+    // wrapped the same way, so every layer is one type.
+    type Error = LoadError;
 
     fn name(&self) -> &'static str {
         each!(self, q => q.name())
     }
 
-    async fn run(&self, ctx: QueryContext) -> Result<Q::Output, Q::Error> {
-        each!(self, q => q.run(ctx).await)
+    async fn run(&self, ctx: QueryContext) -> Result<Q::Output, LoadError> {
+        match self {
+            Layer::Direct(q) => q.run(ctx).await.map_err(direct),
+            Layer::Cached(q) => q.run(ctx).await,
+            #[cfg(feature = "redis")]
+            Layer::Shared(q) => q.run(ctx).await,
+        }
     }
 
     fn fallback(&self) -> Q::Output {
@@ -142,13 +149,22 @@ where
         each!(self, q => q.timeout())
     }
 
-    async fn load(&self, ctx: QueryContext) -> Result<Loaded<Q::Output>, Q::Error> {
-        each!(self, q => q.load(ctx).await)
+    async fn load(&self, ctx: QueryContext) -> Result<Loaded<Q::Output>, LoadError> {
+        match self {
+            Layer::Direct(q) => q.load(ctx).await.map_err(direct),
+            Layer::Cached(q) => q.load(ctx).await,
+            #[cfg(feature = "redis")]
+            Layer::Shared(q) => q.load(ctx).await,
+        }
     }
 
     async fn stale(&self, tenant: &TenantId) -> Option<(Q::Output, Duration)> {
         each!(self, q => q.stale(tenant).await)
     }
+}
+
+fn direct<E: std::error::Error + Send + Sync + 'static>(error: E) -> LoadError {
+    LoadError::Query(std::sync::Arc::new(error))
 }
 
 /// The six widgets, each in its layer.

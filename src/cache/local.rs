@@ -8,10 +8,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use moka::future::Cache;
-use moka::ops::compute::{CompResult, Op};
 use tokio::time::Instant;
 
 use super::CachePolicy;
+use super::load::{Fetched, LoadError, Loads};
 use crate::{DashboardQuery, Loaded, QueryContext, TenantId};
 
 /// An in-process cache of dashboard query values, shared by every
@@ -36,6 +36,7 @@ pub struct QueryCache {
 struct Inner {
     entries: Cache<Key, Entry>,
     generations: RwLock<HashMap<TenantId, u64>>,
+    loads: Arc<Loads<Key, Entry>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -106,6 +107,7 @@ impl QueryCache {
             inner: Arc::new(Inner {
                 entries,
                 generations: RwLock::default(),
+                loads: Arc::default(),
             }),
         }
     }
@@ -139,12 +141,18 @@ impl QueryCache {
     ///
     /// See [`invalidate_tenant`](Self::invalidate_tenant).
     pub fn generation(&self, tenant: &TenantId) -> u64 {
-        let generations = self
-            .inner
-            .generations
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        generations.get(tenant).copied().unwrap_or(0)
+        self.inner.generation_of(tenant)
+    }
+
+    /// How many loads are running now (each shared by all its callers).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(fanout::cache::QueryCache::new(100).loads_in_flight(), 0);
+    /// ```
+    pub fn loads_in_flight(&self) -> usize {
+        self.inner.loads.len()
     }
 
     /// How many values are stored (approximate: moka counts lazily).
@@ -171,28 +179,33 @@ impl QueryCache {
     /// same key; see [`Cached`](super::Cached).
     pub(super) async fn load<Q>(
         &self,
-        query: &Q,
+        query: &Arc<Q>,
         key: &Arc<str>,
         policy: CachePolicy,
         ctx: QueryContext,
-    ) -> Result<Loaded<Q::Output>, Q::Error>
+    ) -> Result<Loaded<Q::Output>, LoadError>
     where
-        Q: DashboardQuery,
+        Q: DashboardQuery + 'static,
         Q::Output: Clone + Sync + 'static,
     {
-        self.load_with(query.name(), key, policy, ctx, |ctx| async move {
+        let query = Arc::clone(query);
+        self.load_with(query.name(), key, policy, ctx, move |ctx| async move {
             query.run(ctx).await.map(Loaded::Fresh)
         })
         .await
     }
 
     /// [`load`](Self::load) with the value's source given: a value younger
-    /// than the policy's `ttl` stored here, or else `compute`, run once for
-    /// every caller waiting on the same key. `compute` returns
-    /// `Loaded::Fresh` for a value it computed and `Loaded::Cached { age }`
-    /// for one it found elsewhere (the shared tier,
+    /// than the policy's `ttl` stored here, or else the one load in flight
+    /// for this key, started with `compute` if there is none. `compute`
+    /// returns `Loaded::Fresh` for a value it computed and `Loaded::Cached
+    /// { age }` for one it found elsewhere (the shared tier,
     /// [`SharedCached`](super::SharedCached)); either is stored, the latter
     /// as `age` old, so it expires here when it does there.
+    ///
+    /// The caller that starts the load gets `Fresh` for a value computed
+    /// now; callers that joined it get `Cached`, as if they had arrived just
+    /// after. The load runs under the starting caller's deadline.
     pub(super) async fn load_with<T, E, F, Fut>(
         &self,
         query: &'static str,
@@ -200,12 +213,12 @@ impl QueryCache {
         policy: CachePolicy,
         ctx: QueryContext,
         compute: F,
-    ) -> Result<Loaded<T>, E>
+    ) -> Result<Loaded<T>, LoadError>
     where
         T: Clone + Send + Sync + 'static,
-        E: Send + Sync + 'static,
+        E: std::error::Error + Send + Sync + 'static,
         F: FnOnce(QueryContext) -> Fut,
-        Fut: Future<Output = Result<Loaded<T>, E>>,
+        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
         let key = self.key(ctx.tenant(), query, key);
         let ttl = policy.time_to_live();
@@ -214,55 +227,39 @@ impl QueryCache {
         {
             return Ok(Loaded::Cached { value, age });
         }
-        // moka runs one compute per key at a time; a caller that waited
-        // finds the value the one before it stored. A caller cancelled or
-        // panicking mid-compute releases the key to the next.
-        let mut computed_here = false;
-        let computed_flag = &mut computed_here;
-        let computed = self
-            .inner
-            .entries
-            .entry(key)
-            .and_try_compute_with(|existing| async move {
-                if existing.is_some_and(|e| e.value().value_within::<T>(ttl).is_some()) {
-                    return Ok(Op::Nop);
-                }
-                let (value, age) = match compute(ctx).await? {
-                    Loaded::Fresh(value) => {
-                        *computed_flag = true;
-                        (value, Duration::ZERO)
-                    }
-                    Loaded::Cached { value, age } => (value, age),
-                };
-                let now = Instant::now();
-                Ok(Op::Put(Entry {
-                    value: Arc::new(value),
-                    stored_at: now.checked_sub(age).unwrap_or(now),
-                    keep_for: policy.keep_for().saturating_sub(age),
-                }))
-            })
-            .await?;
-        let loaded = match computed {
-            CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => entry
-                .value()
-                .value_within::<T>(Duration::MAX)
-                .map(|(value, age)| {
-                    if computed_here {
-                        Loaded::Fresh(value)
-                    } else {
-                        Loaded::Cached { value, age }
-                    }
-                }),
-            // Computed by the caller before this one, moments ago.
-            CompResult::Unchanged(entry) => entry
-                .value()
-                .value_within::<T>(Duration::MAX)
-                .map(|(value, age)| Loaded::Cached { value, age }),
-            CompResult::StillNone(_) | CompResult::Removed(_) => None,
+        let deadline = ctx.deadline();
+        let mut start = Some((ctx, compute));
+        let (fetched, started_here) = loop {
+            let joined = self.inner.loads.join_or_start(&key, deadline, || {
+                let (ctx, compute) = start.take().expect("a caller starts at most one load");
+                let inner = Arc::clone(&self.inner);
+                let key = key.clone();
+                let work = compute(ctx);
+                async move { inner.fetch::<T, E, _>(key, ttl, policy, work).await }
+            });
+            let result = joined.load.await;
+            // A load that timed out under an earlier deadline than this
+            // caller's: load again, with this caller's time.
+            let outlived = match (deadline, joined.deadline) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(mine), Some(its)) => mine > its,
+            };
+            match result {
+                Err(LoadError::TimedOut) if outlived && start.is_some() => continue,
+                result => break (result?, joined.started_here),
+            }
         };
-        Ok(loaded.unwrap_or_else(|| unreachable_entry(query)))
+        let (value, age) = fetched
+            .value
+            .value_within::<T>(Duration::MAX)
+            .ok_or_else(|| type_clash(query))?;
+        Ok(if fetched.computed && started_here {
+            Loaded::Fresh(value)
+        } else {
+            Loaded::Cached { value, age }
+        })
     }
-
     /// The last good value, while the policy allows serving it stale.
     pub(super) async fn stale<T: Clone + Send + Sync + 'static>(
         &self,
@@ -277,11 +274,66 @@ impl QueryCache {
     }
 }
 
-/// The compute closure above returns `Nop` only for an existing entry of the
-/// right type and otherwise `Put`s one, so every result holds a value of
-/// that type.
-fn unreachable_entry<T>(query: &str) -> T {
-    unreachable!("cache compute for {query} left no usable value")
+impl Inner {
+    /// The body of a shared load: a value stored since the caller looked
+    /// (by a load that ended just before), or `work`'s, stored while the
+    /// tenant's generation is still the key's.
+    async fn fetch<T, E, W>(
+        &self,
+        key: Key,
+        ttl: Duration,
+        policy: CachePolicy,
+        work: W,
+    ) -> Result<Fetched<Entry>, LoadError>
+    where
+        T: Clone + Send + Sync + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+        W: Future<Output = Result<Loaded<T>, E>>,
+    {
+        if let Some(entry) = self.entries.get(&key).await
+            && entry.value_within::<T>(ttl).is_some()
+        {
+            return Ok(Fetched {
+                value: entry,
+                computed: false,
+            });
+        }
+        let (value, age, computed) = match work.await {
+            Ok(Loaded::Fresh(value)) => (value, Duration::ZERO, true),
+            Ok(Loaded::Cached { value, age }) => (value, age, false),
+            Err(error) => return Err(LoadError::Query(Arc::new(error))),
+        };
+        let now = Instant::now();
+        let entry = Entry {
+            value: Arc::new(value),
+            stored_at: now.checked_sub(age).unwrap_or(now),
+            keep_for: policy.keep_for().saturating_sub(age),
+        };
+        // A tenant invalidated while this load ran keeps none of it.
+        if self.generation_of(&key.tenant) == key.generation {
+            self.entries.insert(key, entry.clone()).await;
+        }
+        Ok(Fetched {
+            value: entry,
+            computed,
+        })
+    }
+
+    fn generation_of(&self, tenant: &TenantId) -> u64 {
+        let generations = self
+            .generations
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        generations.get(tenant).copied().unwrap_or(0)
+    }
+}
+
+/// A load joined under this query's name gave a value of another type: two
+/// queries of different types share a name (and key), which the docs of
+/// [`Cached`](super::Cached) forbid.
+fn type_clash(query: &str) -> LoadError {
+    let message = format!("two cached queries of different types share the name {query:?}");
+    LoadError::Query(Arc::new(std::io::Error::other(message)))
 }
 
 impl fmt::Debug for QueryCache {

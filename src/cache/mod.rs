@@ -67,6 +67,7 @@
 //! # Ok(()) }
 //! ```
 
+mod load;
 mod local;
 #[cfg(feature = "redis")]
 mod redis;
@@ -75,6 +76,7 @@ mod warm;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisTier, RedisTierError, SharedCache, SharedCached};
+pub use load::LoadError;
 pub use local::QueryCache;
 pub use warm::{WarmSummary, warm};
 
@@ -157,7 +159,8 @@ impl CachePolicy {
 /// See the [module](self) docs.
 #[derive(Debug)]
 pub struct Cached<Q> {
-    query: Q,
+    // Shared with the load in flight, which outlives any one caller.
+    query: Arc<Q>,
     cache: QueryCache,
     policy: CachePolicy,
     key: Arc<str>,
@@ -171,7 +174,7 @@ impl<Q> Cached<Q> {
     /// See the [module](self) docs.
     pub fn new(query: Q, cache: &QueryCache, policy: CachePolicy) -> Self {
         Self {
-            query,
+            query: Arc::new(query),
             cache: cache.clone(),
             policy,
             key: Arc::from(""),
@@ -207,17 +210,17 @@ impl<Q> Cached<Q> {
 
 impl<Q> DashboardQuery for Cached<Q>
 where
-    Q: DashboardQuery,
+    Q: DashboardQuery + 'static,
     Q::Output: Clone + Sync + 'static,
 {
     type Output = Q::Output;
-    type Error = Q::Error;
+    type Error = LoadError;
 
     fn name(&self) -> &'static str {
         self.query.name()
     }
 
-    async fn run(&self, ctx: QueryContext) -> Result<Q::Output, Q::Error> {
+    async fn run(&self, ctx: QueryContext) -> Result<Q::Output, LoadError> {
         match self.load(ctx).await? {
             Loaded::Fresh(value) | Loaded::Cached { value, .. } => Ok(value),
         }
@@ -234,7 +237,7 @@ where
     fn load(
         &self,
         ctx: QueryContext,
-    ) -> impl Future<Output = Result<Loaded<Q::Output>, Q::Error>> + Send {
+    ) -> impl Future<Output = Result<Loaded<Q::Output>, LoadError>> + Send {
         self.cache.load(&self.query, &self.key, self.policy, ctx)
     }
 

@@ -12,7 +12,7 @@ use tokio::time::{Instant, sleep};
 use super::codec::{decode_within, encode, now_ms};
 use super::tier::{DEFAULT_LOCK_TTL, Keys, lock_token};
 use super::{RedisTier, RedisTierError};
-use crate::cache::{CachePolicy, QueryCache};
+use crate::cache::{CachePolicy, LoadError, QueryCache};
 use crate::{DashboardQuery, Loaded, QueryContext, TenantId};
 
 /// How often an instance waiting on another's lock looks for its value.
@@ -283,7 +283,8 @@ impl fmt::Debug for SharedCache {
 /// ```
 #[derive(Debug)]
 pub struct SharedCached<Q> {
-    query: Q,
+    // Shared with the load in flight, which outlives any one caller.
+    query: Arc<Q>,
     cache: SharedCache,
     policy: CachePolicy,
     key: Arc<str>,
@@ -297,7 +298,7 @@ impl<Q> SharedCached<Q> {
     /// See [`SharedCached`].
     pub fn new(query: Q, cache: &SharedCache, policy: CachePolicy) -> Self {
         Self {
-            query,
+            query: Arc::new(query),
             cache: cache.clone(),
             policy,
             key: Arc::from(""),
@@ -332,6 +333,19 @@ impl<Q> SharedCached<Q> {
     /// See [`SharedCached`].
     pub fn inner(&self) -> &Q {
         &self.query
+    }
+}
+
+impl<Q> SharedCached<Q> {
+    /// Another handle on the same query, cache and policy, for a load that
+    /// outlives the caller that started it.
+    fn handle(&self) -> Self {
+        Self {
+            query: Arc::clone(&self.query),
+            cache: self.cache.clone(),
+            policy: self.policy,
+            key: Arc::clone(&self.key),
+        }
     }
 }
 
@@ -425,17 +439,17 @@ where
 
 impl<Q> DashboardQuery for SharedCached<Q>
 where
-    Q: DashboardQuery,
+    Q: DashboardQuery + 'static,
     Q::Output: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     type Output = Q::Output;
-    type Error = Q::Error;
+    type Error = LoadError;
 
     fn name(&self) -> &'static str {
         self.query.name()
     }
 
-    async fn run(&self, ctx: QueryContext) -> Result<Q::Output, Q::Error> {
+    async fn run(&self, ctx: QueryContext) -> Result<Q::Output, LoadError> {
         match self.load(ctx).await? {
             Loaded::Fresh(value) | Loaded::Cached { value, .. } => Ok(value),
         }
@@ -449,13 +463,18 @@ where
         self.query.timeout()
     }
 
-    async fn load(&self, ctx: QueryContext) -> Result<Loaded<Q::Output>, Q::Error> {
+    async fn load(&self, ctx: QueryContext) -> Result<Loaded<Q::Output>, LoadError> {
         let generation = self.cache.generation(ctx.tenant()).await;
+        let this = self.handle();
         self.cache
             .local
-            .load_with(self.query.name(), &self.key, self.policy, ctx, |ctx| {
-                self.compute(ctx, generation)
-            })
+            .load_with(
+                self.query.name(),
+                &self.key,
+                self.policy,
+                ctx,
+                |ctx| async move { this.compute(ctx, generation).await },
+            )
             .await
     }
 
