@@ -111,3 +111,43 @@ async fn a_deadline_alone_stops_inputs_without_a_timeout() {
     assert_eq!(settled, [Settled::Ok(1), Settled::DeadlineExceeded]);
     assert_eq!(started.elapsed(), Duration::from_millis(750));
 }
+
+#[tokio::test(start_paused = true)]
+async fn nothing_starts_when_a_slot_frees_exactly_at_the_deadline() {
+    // Sequential, deadline 1 s, the first input takes exactly 1 s: it
+    // succeeds (it is polled before the deadline is checked), and the
+    // second is never started: no request sent, no permit taken.
+    let started_inputs = Arc::new(AtomicUsize::new(0));
+    let limiter = Arc::new(tokio::sync::Semaphore::new(1));
+    let inputs = (0..2).map(|i| {
+        let started_inputs = Arc::clone(&started_inputs);
+        async move {
+            started_inputs.fetch_add(1, Ordering::SeqCst);
+            sleep(Duration::from_secs(1)).await;
+            Ok::<_, ()>(i)
+        }
+    });
+    let fan_out = FanOut::new()
+        .deadline(Duration::from_secs(1))
+        .sequential()
+        .limiter(Arc::clone(&limiter));
+    let started = Instant::now();
+    let settled = fan_out.settle(inputs).await;
+    assert_eq!(settled, [Settled::Ok(0), Settled::DeadlineExceeded]);
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    assert_eq!(started_inputs.load(Ordering::SeqCst), 1);
+    assert_eq!(limiter.available_permits(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_deadline_still_gives_every_input_its_first_poll() {
+    // As with a zero timeout: an input ready when first polled succeeds;
+    // the deadline is the fan-out's start, so all start then.
+    let fan_out = FanOut::new().deadline(Duration::ZERO).sequential();
+    let ready = [1, 2].map(|i| async move { Ok::<_, ()>(i) });
+    assert_eq!(fan_out.settle(ready).await, [Settled::Ok(1), Settled::Ok(2)]);
+    let pending = fan_out
+        .settle([std::future::pending::<Result<u8, ()>>()])
+        .await;
+    assert_eq!(pending, [Settled::DeadlineExceeded]);
+}

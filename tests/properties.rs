@@ -10,7 +10,7 @@ use fanout::{FanOut, Settled};
 use futures_util::StreamExt;
 use proptest::prelude::*;
 use tokio::sync::Semaphore;
-use tokio::time::sleep;
+use tokio::time::{Instant, sleep};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
@@ -23,8 +23,9 @@ enum Kind {
 #[derive(Clone, Copy, Debug)]
 struct Input {
     kind: Kind,
-    /// Always 10k + 1 ms, so it never ties with a timeout or deadline
-    /// (multiples of 10 ms) in the exact model below.
+    /// 10k or 10k + 1 ms: half the inputs tie exactly with a timeout or
+    /// deadline (multiples of 10 ms), where an input that is ready at the
+    /// instant it would be cut must still count as ready.
     latency: u64,
 }
 
@@ -36,7 +37,11 @@ fn input() -> impl Strategy<Value = Input> {
             Just(Kind::Panic),
             Just(Kind::Never)
         ],
-        prop_oneof![Just(0_u64), (0_u64..40).prop_map(|k| k * 10 + 1)],
+        prop_oneof![
+            Just(0_u64),
+            (0_u64..40).prop_map(|k| k * 10 + 1),
+            (1_u64..40).prop_map(|k| k * 10),
+        ],
     )
         .prop_map(|(kind, latency)| Input { kind, latency })
 }
@@ -82,6 +87,12 @@ fn fan_out(plan: &Plan) -> FanOut {
 }
 
 async fn run_input(index: usize, input: Input) -> Result<usize, usize> {
+    STARTS.with(|starts| {
+        let mut starts = starts.borrow_mut();
+        if let Some((origin, at)) = starts.as_mut() {
+            at.push(Instant::now().duration_since(*origin));
+        }
+    });
     if input.latency > 0 {
         sleep(Duration::from_millis(input.latency)).await;
     }
@@ -91,6 +102,35 @@ async fn run_input(index: usize, input: Input) -> Result<usize, usize> {
         Kind::Panic => panic!("input {index} panicked"),
         Kind::Never => std::future::pending().await,
     }
+}
+
+thread_local! {
+    /// When the fan-out started, and when (after that) each input was first
+    /// polled; recorded only by `settle_recording_starts`.
+    static STARTS: std::cell::RefCell<Option<(Instant, Vec<Duration>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `settle`, also returning how long after the fan-out's start each input
+/// started.
+fn settle_recording_starts(
+    plan: &Plan,
+    inputs: &[Input],
+) -> (Vec<Settled<usize, usize>>, Vec<Duration>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let fan_out = fan_out(plan);
+    let settled = runtime.block_on(async {
+        STARTS.with(|starts| *starts.borrow_mut() = Some((Instant::now(), Vec::new())));
+        fan_out
+            .settle(inputs.iter().enumerate().map(|(i, input)| run_input(i, *input)))
+            .await
+    });
+    let starts = STARTS.with(|starts| starts.borrow_mut().take().unwrap().1);
+    (settled, starts)
 }
 
 fn settle(plan: &Plan, inputs: &[Input]) -> Vec<Settled<usize, usize>> {
@@ -230,6 +270,34 @@ proptest! {
         prop_assert_eq!(indices, (0..inputs.len()).collect::<Vec<_>>());
         let results: Vec<_> = by_index.into_iter().map(|(_, settled)| settled).collect();
         prop_assert_eq!(results, settle(&plan, &inputs));
+    }
+
+    #[test]
+    fn nothing_starts_at_or_after_the_deadline(
+        inputs in proptest::collection::vec(input(), 0..16),
+        plan in plan(),
+    ) {
+        quiet_panics();
+        let inputs: Vec<Input> = inputs
+            .into_iter()
+            .map(|i| if i.kind == Kind::Never && plan.timeout.is_none() && plan.deadline.is_none() {
+                Input { kind: Kind::Ok, ..i }
+            } else {
+                i
+            })
+            .collect();
+        let (settled, starts) = settle_recording_starts(&plan, &inputs);
+        prop_assert_eq!(settled.len(), inputs.len());
+        if let Some(deadline) = plan.deadline.map(Duration::from_millis) {
+            for at in &starts {
+                // The first wave starts with the fan-out, even at a zero
+                // deadline; nothing else starts at or after it.
+                prop_assert!(at.is_zero() || *at < deadline, "an input started at {:?}, deadline {:?}", at, deadline);
+            }
+            let never_started = settled.len() - starts.len();
+            let cut = settled.iter().filter(|s| matches!(s, Settled::DeadlineExceeded)).count();
+            prop_assert!(never_started <= cut);
+        }
     }
 
     #[test]

@@ -164,3 +164,32 @@ async fn many_inputs_under_one_shared_timer_are_practical() {
         }
     }
 }
+
+/// An iterator whose size hint claims more items than it yields.
+struct Overstated<I>(I, usize);
+
+impl<I: Iterator> Iterator for Overstated<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        self.0.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.1, Some(self.1))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_size_hint_that_overstates_is_only_a_hint() {
+    // Before: slots were sized from the lower bound and every slot was
+    // expected filled, so this panicked.
+    let inputs = Overstated([1_u8, 2].map(|i| async move { Ok::<_, ()>(i) }).into_iter(), 5);
+    let settled = FanOut::new().settle(inputs).await;
+    assert_eq!(settled, [Settled::Ok(1), Settled::Ok(2)]);
+    // A lower bound past any real length allocates nothing for it.
+    let huge = Overstated(std::iter::once(async { Ok::<u8, ()>(9) }), usize::MAX);
+    assert_eq!(FanOut::new().settle(huge).await, [Settled::Ok(9)]);
+    let empty = Overstated(std::iter::empty::<std::future::Ready<Result<u8, ()>>>(), 3);
+    assert!(FanOut::new().settle(empty).await.is_empty());
+}
