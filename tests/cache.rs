@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use fanout::cache::{CachePolicy, Cached, QueryCache};
 use fanout::{DashboardQuery, Failure, FanOut, QueryContext, Source, TenantId};
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use proptest::prelude::*;
 use tokio::time::{advance, sleep};
@@ -326,4 +327,169 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn twenty_callers_of_a_failing_query_share_one_execution() {
+    // Before: moka's per-key compute ran the query once per caller, one
+    // after another (20 callers: 20 executions, the last one at 1 s).
+    let cache = QueryCache::new(100);
+    let revenue = Cached::new(PerTenant::named("total_revenue"), &cache, policy());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+    let (first,) = fan_out.run(&t1, (&revenue,)).await;
+    assert!(first.is_fresh());
+    advance(Duration::from_secs(31)).await; // past the TTL, within stale-if-error
+    revenue.inner().fail.store(true, Ordering::SeqCst);
+
+    let started = tokio::time::Instant::now();
+    let outcomes = join_all((0..20).map(|_| fan_out.run(&t1, (&revenue,)))).await;
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    assert_eq!(
+        revenue.inner().runs(),
+        2,
+        "one execution before, one for all twenty"
+    );
+    for (outcome,) in &outcomes {
+        assert_eq!(outcome.value, "total_revenue:t1");
+        assert!(matches!(
+            outcome.source,
+            Source::Stale {
+                cause: Failure::Error(_),
+                ..
+            }
+        ));
+        // Stored at 50 ms, looked up 31 s and 50 ms later.
+        assert_eq!(
+            outcome.source.to_string(),
+            "stale (31.1 s old; error: database unavailable)"
+        );
+    }
+    assert_eq!(cache.loads_in_flight(), 0);
+
+    // With nothing stale to show, all twenty get the fallback, still at once.
+    let t2 = tenant("t2");
+    let outcomes = join_all((0..20).map(|_| fan_out.run(&t2, (&revenue,)))).await;
+    assert!(outcomes.iter().all(|(o,)| o.value == "fallback"));
+    assert_eq!(revenue.inner().runs(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_ttl_still_shares_one_load_between_concurrent_callers() {
+    // Stale-if-error only: no value is served as cached later, but callers
+    // that arrive together share one execution.
+    let cache = QueryCache::new(100);
+    let only_stale = CachePolicy::ttl(Duration::ZERO).stale_if_error(Duration::from_secs(300));
+    let revenue = Cached::new(PerTenant::named("total_revenue"), &cache, only_stale);
+    let fan_out = FanOut::new();
+    let t1 = tenant("t1");
+    let started = tokio::time::Instant::now();
+    let outcomes = join_all((0..20).map(|_| fan_out.run(&t1, (&revenue,)))).await;
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    assert_eq!(revenue.inner().runs(), 1);
+    assert_eq!(outcomes.iter().filter(|(o,)| o.is_fresh()).count(), 1);
+    assert!(outcomes.iter().all(|(o,)| o.value == "total_revenue:t1"));
+    // A later caller runs the query again: nothing is served from a zero TTL.
+    let (later,) = fan_out.run(&t1, (&revenue,)).await;
+    assert!(later.is_fresh());
+    assert_eq!(revenue.inner().runs(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_caller_never_delays_the_others() {
+    // The first caller starts the load, then is never polled again (a
+    // dashboard future parked in a `select!`, a stream feeding a slow
+    // client). Before: the load ran inside its task, under moka's per-key
+    // lock, and every other caller waited out its own timeout.
+    let cache = QueryCache::new(100);
+    let revenue = Cached::new(PerTenant::named("total_revenue"), &cache, policy());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+    let mut parked = Box::pin(fan_out.run(&t1, (&revenue,)));
+    assert!(futures_util::poll!(parked.as_mut()).is_pending());
+
+    let started = tokio::time::Instant::now();
+    let (other,) = fan_out.run(&t1, (&revenue,)).await;
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    assert_eq!(other.value, "total_revenue:t1");
+    assert_eq!(
+        revenue.inner().runs(),
+        1,
+        "the parked caller's load, driven by the other"
+    );
+
+    // The parked caller, polled at last, has its value too.
+    let (late,) = parked.await;
+    assert_eq!(late.value, "total_revenue:t1");
+    assert_eq!(revenue.inner().runs(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_stream_never_delays_the_others() {
+    let cache = QueryCache::new(100);
+    let widgets = vec![Cached::new(
+        PerTenant::named("total_revenue"),
+        &cache,
+        policy(),
+    )];
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+    let mut parked = fan_out.run_stream(&t1, &widgets);
+    assert!(futures_util::poll!(parked.next()).is_pending());
+    let started = tokio::time::Instant::now();
+    let outcomes = fan_out.run(&t1, vec![&widgets[0]]).await;
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    assert_eq!(outcomes[0].value, "total_revenue:t1");
+    drop(parked);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_whose_waiters_are_all_dropped_is_cancelled_and_stores_nothing() {
+    let cache = QueryCache::new(100);
+    let revenue = Cached::new(PerTenant::named("total_revenue"), &cache, policy());
+    revenue.inner().hang.store(true, Ordering::SeqCst);
+    let fan_out = FanOut::new();
+    let t1 = tenant("t1");
+    let mut first = Box::pin(fan_out.run(&t1, (&revenue,)));
+    let mut second = Box::pin(fan_out.run(&t1, (&revenue,)));
+    assert!(futures_util::poll!(first.as_mut()).is_pending());
+    assert!(futures_util::poll!(second.as_mut()).is_pending());
+    assert_eq!(cache.loads_in_flight(), 1);
+    assert_eq!(revenue.inner().runs(), 1);
+    // Both callers hang up: the load (and the query inside it) is dropped.
+    drop(first);
+    assert_eq!(
+        cache.loads_in_flight(),
+        1,
+        "the second caller still waits on it"
+    );
+    drop(second);
+    assert_eq!(cache.loads_in_flight(), 0);
+
+    // Nothing was stored; the next caller starts a new load.
+    revenue.inner().hang.store(false, Ordering::SeqCst);
+    let (next,) = fan_out.run(&t1, (&revenue,)).await;
+    assert!(next.is_fresh());
+    assert_eq!(revenue.inner().runs(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_load_that_outlives_its_starter_is_bounded_by_its_deadline() {
+    // The starter's deadline (plus a 25 ms grace) bounds the load; a
+    // waiter whose own deadline is no later shares its timeout.
+    let cache = QueryCache::new(100);
+    let revenue = Cached::new(PerTenant::named("total_revenue"), &cache, policy());
+    revenue.inner().hang.store(true, Ordering::SeqCst);
+    let fan_out = FanOut::new().timeout(Duration::from_millis(500));
+    let t1 = tenant("t1");
+    let started = tokio::time::Instant::now();
+    let outcomes = join_all((0..3).map(|_| fan_out.run(&t1, (&revenue,)))).await;
+    assert_eq!(started.elapsed(), Duration::from_millis(500));
+    assert!(
+        outcomes
+            .iter()
+            .all(|(o,)| matches!(o.source, Source::Fallback(Failure::TimedOut)))
+    );
+    assert_eq!(revenue.inner().runs(), 1);
+    assert_eq!(cache.loads_in_flight(), 0);
 }

@@ -145,7 +145,10 @@ async fn a_zero_deadline_still_gives_every_input_its_first_poll() {
     // the deadline is the fan-out's start, so all start then.
     let fan_out = FanOut::new().deadline(Duration::ZERO).sequential();
     let ready = [1, 2].map(|i| async move { Ok::<_, ()>(i) });
-    assert_eq!(fan_out.settle(ready).await, [Settled::Ok(1), Settled::Ok(2)]);
+    assert_eq!(
+        fan_out.settle(ready).await,
+        [Settled::Ok(1), Settled::Ok(2)]
+    );
     let pending = fan_out
         .settle([std::future::pending::<Result<u8, ()>>()])
         .await;

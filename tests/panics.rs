@@ -162,10 +162,7 @@ async fn beside_a_sibling(fault: Fault) -> (Source, i64) {
     quiet_panics();
     let fan_out = FanOut::new().deadline(Duration::from_secs(1));
     let (faulty, sibling) = fan_out
-        .run(
-            &tenant(),
-            (Faulty { fault }, Faulty { fault: Fault::None }),
-        )
+        .run(&tenant(), (Faulty { fault }, Faulty { fault: Fault::None }))
         .await;
     assert!(sibling.is_fresh(), "{fault:?}: {:?}", sibling.source);
     assert_eq!(sibling.value, 7);
@@ -176,7 +173,11 @@ async fn beside_a_sibling(fault: Fault) -> (Source, i64) {
             vec![Faulty { fault }, Faulty { fault: Fault::None }],
         )
         .await;
-    assert!(slice[1].is_fresh(), "{fault:?} (vec): {:?}", slice[1].source);
+    assert!(
+        slice[1].is_fresh(),
+        "{fault:?} (vec): {:?}",
+        slice[1].source
+    );
     assert_eq!(slice[0].source.label(), faulty.source.label(), "{fault:?}");
     (faulty.source, faulty.value)
 }
@@ -201,7 +202,10 @@ async fn a_timeout_that_panics_fails_only_its_query() {
 #[tokio::test(start_paused = true)]
 async fn a_future_whose_drop_panics_fails_only_its_query() {
     let (source, _) = beside_a_sibling(Fault::DropAfterSuccess).await;
-    assert!(panicked_with(&source, "dropped after success"), "{source:?}");
+    assert!(
+        panicked_with(&source, "dropped after success"),
+        "{source:?}"
+    );
     let (source, _) = beside_a_sibling(Fault::DropWhenCut).await;
     assert!(panicked_with(&source, "dropped when cut"), "{source:?}");
 }
@@ -225,7 +229,12 @@ async fn a_fallback_that_panics_is_resumed_after_logging() {
     let t1 = tenant();
     let run = fan_out.run(
         &t1,
-        (Faulty { fault: Fault::Fallback }, Faulty { fault: Fault::None }),
+        (
+            Faulty {
+                fault: Fault::Fallback,
+            },
+            Faulty { fault: Fault::None },
+        ),
     );
     let payload = std::panic::AssertUnwindSafe(run)
         .catch_unwind()
@@ -261,8 +270,12 @@ async fn dropping_a_fan_out_whose_inputs_panic_on_drop_does_not_panic() {
     let run = fan_out.run(
         &t1,
         (
-            Faulty { fault: Fault::DropWhenCut },
-            Faulty { fault: Fault::DropWhenCut },
+            Faulty {
+                fault: Fault::DropWhenCut,
+            },
+            Faulty {
+                fault: Fault::DropWhenCut,
+            },
         ),
     );
     // Polled until both queries are in flight, then cancelled: the caller

@@ -126,7 +126,12 @@ fn settle_recording_starts(
     let settled = runtime.block_on(async {
         STARTS.with(|starts| *starts.borrow_mut() = Some((Instant::now(), Vec::new())));
         fan_out
-            .settle(inputs.iter().enumerate().map(|(i, input)| run_input(i, *input)))
+            .settle(
+                inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, input)| run_input(i, *input)),
+            )
             .await
     });
     let starts = STARTS.with(|starts| starts.borrow_mut().take().unwrap().1);

@@ -184,7 +184,10 @@ impl<I: Iterator> Iterator for Overstated<I> {
 async fn a_size_hint_that_overstates_is_only_a_hint() {
     // Before: slots were sized from the lower bound and every slot was
     // expected filled, so this panicked.
-    let inputs = Overstated([1_u8, 2].map(|i| async move { Ok::<_, ()>(i) }).into_iter(), 5);
+    let inputs = Overstated(
+        [1_u8, 2].map(|i| async move { Ok::<_, ()>(i) }).into_iter(),
+        5,
+    );
     let settled = FanOut::new().settle(inputs).await;
     assert_eq!(settled, [Settled::Ok(1), Settled::Ok(2)]);
     // A lower bound past any real length allocates nothing for it.

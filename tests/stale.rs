@@ -93,7 +93,10 @@ async fn slow_lookups_end_at_the_deadline_in_the_tuple_path() {
         assert_eq!(outcome.value, 0);
         // The cause is the query's own failure; the lookup found nothing in
         // time.
-        assert!(matches!(outcome.source, Source::Fallback(Failure::Error(_))));
+        assert!(matches!(
+            outcome.source,
+            Source::Fallback(Failure::Error(_))
+        ));
         assert_eq!(outcome.elapsed, ms(100));
     }
 }
@@ -103,7 +106,10 @@ async fn a_lookup_that_never_answers_cannot_hang_the_dashboard() {
     let fan_out = FanOut::new().deadline(Duration::from_secs(1));
     let started = Instant::now();
     let outcomes = fan_out
-        .run(&tenant(), vec![lagging("a", 100, None), lagging("b", 200, None)])
+        .run(
+            &tenant(),
+            vec![lagging("a", 100, None), lagging("b", 200, None)],
+        )
         .await;
     assert_eq!(started.elapsed(), Duration::from_secs(1));
     assert!(outcomes.iter().all(|o| o.value == 0 && o.is_degraded()));
@@ -129,7 +135,10 @@ async fn lookups_of_different_queries_run_together() {
         assert_eq!(outcome.value, 41);
         assert!(matches!(
             outcome.source,
-            Source::Stale { cause: Failure::Error(_), .. }
+            Source::Stale {
+                cause: Failure::Error(_),
+                ..
+            }
         ));
     }
 }
@@ -190,7 +199,10 @@ async fn a_ready_lookup_is_used_even_at_the_deadline_instant() {
     assert_eq!(tuple.value, 41);
     assert!(matches!(
         tuple.source,
-        Source::Stale { cause: Failure::DeadlineExceeded, .. }
+        Source::Stale {
+            cause: Failure::DeadlineExceeded,
+            ..
+        }
     ));
     let slice = fan_out
         .run(&tenant(), vec![lagging("hangs", 5_000, Some(0))])
@@ -205,7 +217,10 @@ async fn a_ready_lookup_is_used_even_at_the_deadline_instant() {
     let (timed_out,) = FanOut::new().run(&tenant(), (query,)).await;
     assert!(matches!(
         timed_out.source,
-        Source::Stale { cause: Failure::TimedOut, .. }
+        Source::Stale {
+            cause: Failure::TimedOut,
+            ..
+        }
     ));
 }
 
@@ -227,11 +242,17 @@ async fn queries_never_started_by_the_deadline_get_their_lookup_too() {
     assert_eq!(started.elapsed(), Duration::from_secs(1));
     assert!(matches!(
         first.source,
-        Source::Stale { cause: Failure::DeadlineExceeded, .. }
+        Source::Stale {
+            cause: Failure::DeadlineExceeded,
+            ..
+        }
     ));
     assert!(matches!(
         second.source,
-        Source::Stale { cause: Failure::DeadlineExceeded, .. }
+        Source::Stale {
+            cause: Failure::DeadlineExceeded,
+            ..
+        }
     ));
     assert_eq!(second.elapsed, Duration::ZERO);
 }
