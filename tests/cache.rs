@@ -493,3 +493,50 @@ async fn a_shared_load_that_outlives_its_starter_is_bounded_by_its_deadline() {
     assert_eq!(revenue.inner().runs(), 1);
     assert_eq!(cache.loads_in_flight(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn invalidated_tenants_are_forgotten_once_their_old_values_have_expired() {
+    // Before: one generation record per tenant ever invalidated, for ever.
+    let cache = QueryCache::new(100);
+    let revenue = Cached::new(PerTenant::named("total_revenue"), &cache, policy());
+    let fan_out = FanOut::new();
+    let t1 = tenant("t1");
+    let (before,) = fan_out.run(&t1, (&revenue,)).await;
+    assert!(before.is_fresh());
+    cache.invalidate_tenant(&t1);
+    for n in 0..10_000 {
+        cache.invalidate_tenant(&tenant(&format!("other-{n}")));
+    }
+    assert_eq!(cache.invalidated_tenants(), 10_001);
+
+    // Still remembered while a value from before could be served (30 s TTL
+    // + 300 s stale-if-error, plus a minute)...
+    advance(Duration::from_secs(389)).await;
+    for n in 0..10_000 {
+        cache.invalidate_tenant(&tenant(&format!("again-{n}")));
+    }
+    assert!(cache.invalidated_tenants() >= 20_000);
+    // ...forgotten after: the table holds the recent invalidations only.
+    advance(Duration::from_secs(400)).await;
+    for n in 0..64 {
+        cache.invalidate_tenant(&tenant(&format!("late-{n}")));
+    }
+    assert!(
+        cache.invalidated_tenants() <= 64,
+        "{} records",
+        cache.invalidated_tenants()
+    );
+
+    // t1 is back at generation 0, where its value from before the
+    // invalidation lives on in moka's table but is too old to serve, even
+    // stale: the query runs.
+    assert_eq!(cache.generation(&t1), 0);
+    revenue.inner().fail.store(true, Ordering::SeqCst);
+    let (after,) = fan_out.run(&t1, (&revenue,)).await;
+    assert!(
+        matches!(after.source, Source::Fallback(_)),
+        "{:?}",
+        after.source
+    );
+    assert_eq!(revenue.inner().runs(), 2);
+}

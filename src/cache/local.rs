@@ -1,16 +1,16 @@
 //! [`QueryCache`]: the in-process tier, on moka.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use moka::future::Cache;
 use tokio::time::Instant;
 
 use super::CachePolicy;
+use super::generations::Generations;
 use super::load::{Fetched, LoadError, Loads};
 use crate::{DashboardQuery, Loaded, QueryContext, TenantId};
 
@@ -35,7 +35,7 @@ pub struct QueryCache {
 
 struct Inner {
     entries: Cache<Key, Entry>,
-    generations: RwLock<HashMap<TenantId, u64>>,
+    generations: Generations,
     loads: Arc<Loads<Key, Entry>>,
 }
 
@@ -106,15 +106,22 @@ impl QueryCache {
         Self {
             inner: Arc::new(Inner {
                 entries,
-                generations: RwLock::default(),
+                generations: Generations::default(),
                 loads: Arc::default(),
             }),
         }
     }
 
-    /// Makes every value cached for `tenant` unreachable, in O(1): the
-    /// tenant moves to a new generation, which every key includes; the old
-    /// entries age out.
+    /// Makes every value cached for `tenant` unreachable, in O(1) (amortised):
+    /// the tenant moves to a new generation, which every key includes; the
+    /// old entries age out. A load running for the tenant at that moment
+    /// stores nothing.
+    ///
+    /// The cache remembers an invalidated tenant's generation only until
+    /// every value stored before the invalidation has expired (the longest
+    /// `keep_for` stored, plus a minute); then the tenant is back at
+    /// generation 0. So memory stays bounded by the tenants invalidated
+    /// recently, not by every tenant ever seen.
     ///
     /// # Examples
     ///
@@ -123,19 +130,26 @@ impl QueryCache {
     /// let tenant = fanout::TenantId::new("t1")?;
     /// assert_eq!(cache.generation(&tenant), 0);
     /// cache.invalidate_tenant(&tenant);
-    /// assert_eq!(cache.generation(&tenant), 1);
+    /// assert_ne!(cache.generation(&tenant), 0);
+    /// assert_eq!(cache.invalidated_tenants(), 1);
     /// # Ok::<(), fanout::InvalidTenantId>(())
     /// ```
     pub fn invalidate_tenant(&self, tenant: &TenantId) {
-        let mut generations = self
-            .inner
-            .generations
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        *generations.entry(tenant.clone()).or_insert(0) += 1;
+        self.inner.generations.invalidate(tenant);
     }
 
-    /// The tenant's current generation: how many times it was invalidated.
+    /// How many invalidated tenants the cache still remembers (see
+    /// [`invalidate_tenant`](Self::invalidate_tenant)).
+    ///
+    /// # Examples
+    ///
+    /// See [`invalidate_tenant`](Self::invalidate_tenant).
+    pub fn invalidated_tenants(&self) -> usize {
+        self.inner.generations.len()
+    }
+
+    /// The tenant's current generation: 0 until it is invalidated, then a
+    /// number this cache never gave out before.
     ///
     /// # Examples
     ///
@@ -311,6 +325,7 @@ impl Inner {
         };
         // A tenant invalidated while this load ran keeps none of it.
         if self.generation_of(&key.tenant) == key.generation {
+            self.generations.stored(entry.keep_for);
             self.entries.insert(key, entry.clone()).await;
         }
         Ok(Fetched {
@@ -320,11 +335,7 @@ impl Inner {
     }
 
     fn generation_of(&self, tenant: &TenantId) -> u64 {
-        let generations = self
-            .generations
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        generations.get(tenant).copied().unwrap_or(0)
+        self.generations.current(tenant)
     }
 }
 

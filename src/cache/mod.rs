@@ -67,6 +67,7 @@
 //! # Ok(()) }
 //! ```
 
+mod generations;
 mod load;
 mod local;
 #[cfg(feature = "redis")]
