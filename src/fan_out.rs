@@ -109,7 +109,9 @@ impl FanOut {
     /// Limits the whole fan-out to `whole`, counted from when it is first
     /// polled. When it passes, inputs still running are dropped and inputs
     /// not yet started are never polled; all of them settle as
-    /// [`Settled::DeadlineExceeded`].
+    /// [`Settled::DeadlineExceeded`]. No input starts at or after the
+    /// deadline (a slot that frees exactly then starts nothing), except that
+    /// the inputs that start with the fan-out always get their first poll.
     ///
     /// # Examples
     ///
@@ -253,9 +255,9 @@ impl FanOut {
     ///
     /// # Panics
     ///
-    /// Never because of an input: a panicking input becomes
-    /// [`Settled::Panicked`] (the panic hook still runs, so the default hook
-    /// prints it to stderr). Like any tokio timer, needs a tokio runtime
+    /// Never because of an input: an input that panics when polled or when
+    /// dropped becomes [`Settled::Panicked`] (the panic hook still runs, so
+    /// the default hook prints it to stderr). Like any tokio timer, needs a tokio runtime
     /// with the time driver when a timeout or deadline is set.
     ///
     /// # Cancel safety
@@ -364,6 +366,41 @@ impl FanOut {
     /// # Ok(()) }
     /// ```
     ///
+    /// # Panics
+    ///
+    /// Never because of a query's `run`, `load`, `name`, `timeout`, `stale`
+    /// or `Drop`: a panic there becomes that query's
+    /// [`Failure::Panicked`](crate::Failure::Panicked) (or, in `stale`, no
+    /// stale value). But a query that failed, has no stale value, and whose
+    /// [`fallback`](crate::DashboardQuery::fallback) panics has no value to
+    /// show at all: that panic is logged (ERROR, with the tenant and query)
+    /// and resumed from this call once every query has settled. A fallback
+    /// should be a constant.
+    ///
+    /// ```
+    /// use fanout::{DashboardQuery, FanOut, QueryContext, TenantId};
+    /// use futures_util::FutureExt;
+    ///
+    /// struct NoFallback;
+    ///
+    /// impl DashboardQuery for NoFallback {
+    ///     type Output = i64;
+    ///     type Error = std::io::Error;
+    ///     fn name(&self) -> &'static str { "broken" }
+    ///     async fn run(&self, _ctx: QueryContext) -> Result<i64, std::io::Error> {
+    ///         Err(std::io::Error::other("down"))
+    ///     }
+    ///     fn fallback(&self) -> i64 { panic!("no fallback") }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), fanout::InvalidTenantId> {
+    /// let tenant = TenantId::new("t1")?;
+    /// let run = FanOut::new().run(&tenant, (NoFallback,));
+    /// assert!(std::panic::AssertUnwindSafe(run).catch_unwind().await.is_err());
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Cancel safety
     ///
     /// Dropping the returned future drops every query still in flight.
@@ -383,6 +420,10 @@ impl FanOut {
     /// # Examples
     ///
     /// See [`Report`].
+    ///
+    /// # Panics
+    ///
+    /// As [`run`](Self::run).
     ///
     /// # Cancel safety
     ///
@@ -436,6 +477,11 @@ impl FanOut {
     /// assert_eq!((widgets[index].0, first.value), ("fast", 150));
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`run`](Self::run): only a failed query whose `fallback()` panics
+    /// panics the stream, when that query's outcome would be yielded.
     ///
     /// # Cancel safety
     ///

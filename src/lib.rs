@@ -101,6 +101,19 @@
 //! value younger than its stale-if-error window shows that value as
 //! `Source::Stale { age, cause }` (WARN) instead of its fallback.
 //!
+//! # Under failure
+//!
+//! - Nothing a fan-out awaits outlives its deadline, stale lookups
+//!   ([`DashboardQuery::stale`]) included: they run inside the fan-out,
+//!   beside the queries still in flight, and a query's own timeout bounds
+//!   its lookup too. A lookup ready when asked is used even at the
+//!   deadline; one that is not counts as "no stale value".
+//! - Nothing starts at or after the deadline.
+//! - A panic in any hook (`run`, `load`, `name`, `timeout`, `stale`, or a
+//!   `Drop`) becomes that query's `Panicked`, or "no stale value"; the
+//!   siblings are untouched. Only a failed query whose `fallback()` panics
+//!   has no value at all: see `# Panics` on [`FanOut::run`].
+//!
 //! # Features
 //!
 //! | feature    | adds |

@@ -86,7 +86,10 @@ pub trait DashboardQuery: Send + Sync {
     ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
 
     /// The value the widget shows when the query fails, times out or
-    /// panics.
+    /// panics, and has no [stale](Self::stale) value.
+    ///
+    /// Keep it a constant: a fallback that panics leaves the widget with
+    /// no value at all (see `# Panics` on [`FanOut::run`](crate::FanOut::run)).
     fn fallback(&self) -> Self::Output;
 
     /// This query's own timeout, counted from when it starts; `None` (the
@@ -139,6 +142,12 @@ pub trait DashboardQuery: Send + Sync {
     /// [`fallback`](Self::fallback) when the query fails, times out or
     /// panics (stale-if-error): the other hook a cache layer overrides. The
     /// default has none.
+    ///
+    /// The fan-out calls it inside its own timers: the lookup shares the
+    /// query's timeout and the fan-out's deadline, runs beside the other
+    /// queries and lookups, and is polled at least once (so a lookup that
+    /// is ready at once is used even at the deadline). One that has not
+    /// answered by then, or that panics, counts as "no stale value".
     ///
     /// # Examples
     ///
