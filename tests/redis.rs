@@ -661,3 +661,154 @@ proptest! {
         })?;
     }
 }
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The events a tier logs about a failed Redis call (the WARN that opens
+/// an episode, or the DEBUG of a later failure).
+fn failed_calls(capture: &Capture) -> usize {
+    capture
+        .events()
+        .iter()
+        .filter(|e| e.field("namespace").is_some() && e.field("error").is_some())
+        .count()
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_retry_after_of_duration_max_never_tries_a_failing_redis_again() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let url = format!("redis://127.0.0.1:{}/", closed_port());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let ten_years = Duration::from_secs(10 * 365 * 24 * 3600);
+
+    // The default pause: after it, one query tries the dead Redis again.
+    let probing = RedisTier::connect_lazy(&url, &namespace("retry-default")).unwrap();
+    let query = instance(&probing, &Revenue::new(1), policy());
+    assert!(fan_out.run(&tenant("t1"), (&query,)).await.0.is_fresh());
+    assert_eq!(failed_calls(&capture), 1);
+    tokio::time::advance(ten_years).await;
+    assert!(fan_out.run(&tenant("t2"), (&query,)).await.0.is_fresh());
+    assert_eq!(failed_calls(&capture), 2, "{:#?}", capture.events());
+
+    // Duration::MAX: never again, however long the wait (no overflow).
+    let never = RedisTier::connect_lazy(&url, &namespace("retry-never"))
+        .unwrap()
+        .retry_after(Duration::MAX);
+    let query = instance(&never, &Revenue::new(1), policy());
+    for (round, id) in ["t1", "t2", "t3"].into_iter().enumerate() {
+        let (outcome,) = fan_out.run(&tenant(id), (&query,)).await;
+        assert!(outcome.is_fresh(), "round {round}: {:?}", outcome.source);
+        assert_eq!(failed_calls(&capture), 3, "round {round}");
+        tokio::time::advance(ten_years).await;
+    }
+}
+
+/// The value and lock keys in `namespace` (test-side view of Redis).
+async fn keys_matching(pattern: &str) -> Vec<String> {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+async fn redis_command<T: redis::FromRedisValue>(command: &mut redis::Cmd) -> T {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    command.query_async(&mut connection).await.unwrap()
+}
+
+/// Every setter at `Duration::MAX`: the longest waits, never a panic.
+fn at_max(redis: &RedisTier) -> RedisTier {
+    redis
+        .clone()
+        .call_timeout(Duration::MAX)
+        .lock_ttl(Duration::MAX)
+        .lock_wait(Duration::MAX)
+        .generation_check(Duration::MAX)
+        .retry_after(Duration::MAX)
+}
+
+#[tokio::test]
+async fn a_lock_wait_of_duration_max_waits_for_the_value_or_the_free_lock_within_the_deadline() {
+    let ns = namespace("lock-wait-max");
+    let redis = RedisTier::connect(&redis_url(), &ns).await.unwrap();
+    let patient = at_max(&RedisTier::connect(&redis_url(), &ns).await.unwrap());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(5));
+
+    // 1. The value comes: A holds the lock for its 300 ms query; B waits
+    //    for A's value, however long that takes, and runs nothing.
+    let (db_a, db_b) = (Revenue::new(300), Revenue::new(1));
+    let a = instance(&redis, &db_a, policy());
+    let b = instance(&patient, &db_b, policy());
+    let t1 = tenant("t1");
+    let computing = tokio::spawn({
+        let (fan_out, t1) = (fan_out.clone(), t1.clone());
+        async move { fan_out.run(&t1, (&a,)).await.0 }
+    });
+    sleep(Duration::from_millis(50)).await;
+    let (waited,) = fan_out.run(&t1, (&b,)).await;
+    let computed = computing.await.unwrap();
+    assert!(computed.is_fresh(), "{:?}", computed.source);
+    assert!(
+        matches!(waited.source, Source::Cached { .. }),
+        "{:?}",
+        waited.source
+    );
+    assert_eq!(waited.value, computed.value);
+    assert_eq!((db_a.runs(), db_b.runs()), (1, 0));
+
+    // 2. The lock is never released (its holder went away mid-query):
+    //    the caller's own timeout ends the wait, with the fallback.
+    let t2 = tenant("t2");
+    let (db_a, db_b) = (Revenue::new(60_000), Revenue::new(1));
+    let a = instance(&redis, &db_a, policy());
+    let b = instance(&patient, &db_b, policy());
+    let holder = tokio::spawn({
+        let t2 = t2.clone();
+        async move { FanOut::new().run(&t2, (&a,)).await }
+    });
+    sleep(Duration::from_millis(50)).await;
+    holder.abort();
+    assert_eq!(keys_matching(&format!("{ns}:lock:t2:*")).await.len(), 1);
+    let started = Instant::now();
+    let short = FanOut::new().timeout(Duration::from_millis(300));
+    let (bounded,) = short.run(&t2, (&b,)).await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(
+            bounded.source,
+            Source::Fallback(fanout::Failure::TimedOut)
+        ),
+        "{:?}",
+        bounded.source
+    );
+    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    assert_eq!(db_b.runs(), 0);
+
+    // 3. The lock is freed without a value: the waiter takes it and runs
+    //    the query itself.
+    let waiting = tokio::spawn({
+        let (fan_out, t2) = (fan_out.clone(), t2.clone());
+        async move { fan_out.run(&t2, (&b,)).await.0 }
+    });
+    sleep(Duration::from_millis(100)).await;
+    for lock in keys_matching(&format!("{ns}:lock:t2:*")).await {
+        redis_command::<()>(redis::cmd("DEL").arg(lock)).await;
+    }
+    let took_over = waiting.await.unwrap();
+    assert!(took_over.is_fresh(), "{:?}", took_over.source);
+    assert_eq!(took_over.value.tenant, "t2");
+}

@@ -113,4 +113,19 @@ mod tests {
         health.failed("ns", &error, pause);
         assert!(health.state().warned_at.unwrap().elapsed() >= pause);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_of_duration_max_never_tries_a_failing_redis_again() {
+        let health = Health::default();
+        let error = RedisTierError::timed_out("GET", Duration::from_millis(50));
+        assert!(health.admits(Duration::MAX));
+        health.failed("ns", &error, Duration::MAX);
+        for _ in 0..3 {
+            assert!(!health.admits(Duration::MAX));
+            tokio::time::advance(Duration::from_secs(100 * 365 * 24 * 3600)).await;
+        }
+        // A call that succeeds anyway (an explicit `generation`) ends it.
+        health.succeeded("ns");
+        assert!(health.admits(Duration::MAX));
+    }
 }

@@ -374,13 +374,17 @@ where
         }
         // Another instance is computing: wait a bounded time for its value,
         // or take over its lock if it gives up without one.
-        let until = Instant::now() + redis.lock_wait;
+        // No end (`Duration::MAX`): wait until the value or a free lock;
+        // the caller's timeout or deadline still bounds it.
+        let until = Instant::now().checked_add(redis.lock_wait);
         loop {
             let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            sleep(POLL_INTERVAL.min(until - now)).await;
+            let pause = match until {
+                Some(until) if now >= until => break,
+                Some(until) => POLL_INTERVAL.min(until - now),
+                None => POLL_INTERVAL,
+            };
+            sleep(pause).await;
             let Some((value, locked)) = redis.poll(&keys).await else {
                 break;
             };

@@ -146,7 +146,8 @@ impl RedisTier {
     }
 
     /// The limit on every Redis call (default 50 ms); a call that takes
-    /// longer counts as a failure of the tier.
+    /// longer counts as a failure of the tier. `Duration::MAX` means no
+    /// limit.
     ///
     /// # Examples
     ///
@@ -182,6 +183,11 @@ impl RedisTier {
     /// that instance's value before running the query itself (default
     /// 250 ms). Set it above the query's usual latency.
     ///
+    /// `Duration::MAX` means no limit of its own: the instance waits until
+    /// the value arrives or the lock is free (then takes it and runs the
+    /// query), within the query's timeout and the fan-out's deadline as
+    /// always. The waiting stops early when Redis fails.
+    ///
     /// # Examples
     ///
     /// See [`RedisTier`].
@@ -193,7 +199,7 @@ impl RedisTier {
     /// How often an instance re-reads a tenant's generation from Redis
     /// (default 1 s): an invalidation made on another instance reaches
     /// this one's in-process tier within this long. Zero reads it on every
-    /// load.
+    /// load; `Duration::MAX` reads it once per tenant.
     ///
     /// # Examples
     ///
@@ -214,6 +220,12 @@ impl RedisTier {
 
     /// After a failed call, how long queries skip Redis before one call
     /// tries it again (default 1 s).
+    ///
+    /// `Duration::MAX` means never: once a call fails, queries never call
+    /// Redis again. Only [`generation`](Self::generation) and
+    /// [`invalidate_tenant`](Self::invalidate_tenant), which always call
+    /// it, can find it working again, and one that succeeds lets queries
+    /// use it again.
     ///
     /// # Examples
     ///
