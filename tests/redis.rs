@@ -812,3 +812,257 @@ async fn a_lock_wait_of_duration_max_waits_for_the_value_or_the_free_lock_within
     assert!(took_over.is_fresh(), "{:?}", took_over.source);
     assert_eq!(took_over.value.tenant, "t2");
 }
+
+/// The same value type in two releases of a service. In production both
+/// are `app::Balance`, with one type name and so one fingerprint; here
+/// they are two types, and [`as_if_one_type`] moves the old release's bytes
+/// to the key the new one reads.
+mod release_1 {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    pub struct Balance {
+        pub revenue: i64,
+        pub cost: i64,
+    }
+}
+
+mod release_2 {
+    use serde::{Deserialize, Serialize};
+
+    /// Release 1's fields, reordered.
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    pub struct Balance {
+        pub cost: i64,
+        pub revenue: i64,
+    }
+
+    /// Release 1's `cost`, renamed.
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    pub struct Renamed {
+        pub revenue: i64,
+        pub costs: i64,
+    }
+}
+
+/// A value with an optional field left out when empty.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Annotated {
+    revenue: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    items: Vec<String>,
+}
+
+/// A query named `balance` returning a fixed value, counting its runs.
+#[derive(Clone)]
+struct Returns<T> {
+    value: T,
+    runs: Arc<AtomicUsize>,
+}
+
+impl<T> Returns<T> {
+    fn new(value: T) -> Self {
+        Self {
+            value,
+            runs: Arc::default(),
+        }
+    }
+
+    fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
+    }
+}
+
+impl<T: Clone + Default + Send + Sync> DashboardQuery for Returns<T> {
+    type Output = T;
+    type Error = Unavailable;
+
+    fn name(&self) -> &'static str {
+        "balance"
+    }
+
+    async fn run(&self, _ctx: QueryContext) -> Result<T, Unavailable> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(self.value.clone())
+    }
+
+    fn fallback(&self) -> T {
+        T::default()
+    }
+}
+
+/// A new instance (empty in-process tier) serving `query` through `redis`.
+fn fresh_instance<T>(redis: &RedisTier, query: &Returns<T>) -> SharedCached<Returns<T>>
+where
+    T: Clone,
+{
+    SharedCached::new(
+        query.clone(),
+        &SharedCache::new(&QueryCache::new(100), redis),
+        policy(),
+    )
+}
+
+/// The value keys in `ns`.
+async fn value_keys(ns: &str) -> Vec<String> {
+    keys_matching(&format!("{ns}:v2:*")).await
+}
+
+/// Makes every value key in `ns` hold `bytes`: as if the builds that wrote
+/// them shared one type name, so one key.
+async fn as_if_one_type(ns: &str, bytes: &[u8]) {
+    for key in value_keys(ns).await {
+        redis_command::<()>(redis::cmd("SET").arg(key).arg(bytes).arg("KEEPTTL")).await;
+    }
+}
+
+async fn stored_bytes(key: &str) -> Vec<u8> {
+    redis_command(redis::cmd("GET").arg(key)).await
+}
+
+fn decode_warnings(capture: &Capture) -> usize {
+    capture
+        .events()
+        .iter()
+        .filter(|e| e.level == Level::WARN && e.field("query") == Some("balance"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_value_stored_by_a_release_with_reordered_fields_reads_back_exactly() {
+    let ns = namespace("reordered");
+    let redis = RedisTier::connect(&redis_url(), &ns).await.unwrap();
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+    let stored = release_1::Balance {
+        revenue: 125_000,
+        cost: 40_000,
+    };
+    let old = Returns::new(stored.clone());
+    assert!(fan_out.run(&t1, (&fresh_instance(&redis, &old),)).await.0.is_fresh());
+    let [old_key] = <[String; 1]>::try_from(value_keys(&ns).await).unwrap();
+    let old_bytes = stored_bytes(&old_key).await;
+
+    // Release 2 computes its own value under its own key ...
+    let new = Returns::new(release_2::Balance { cost: 1, revenue: 2 });
+    fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
+    // ... and, were the type names one, would read release 1's bytes.
+    as_if_one_type(&ns, &old_bytes).await;
+    let (read,) = fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
+    assert!(matches!(read.source, Source::Cached { .. }), "{:?}", read.source);
+    assert_eq!(
+        read.value,
+        release_2::Balance {
+            cost: 40_000,
+            revenue: 125_000
+        },
+        "fields swapped"
+    );
+    assert_eq!(new.runs(), 1);
+    assert_eq!(redis.decode_failures(), 0);
+}
+
+#[tokio::test]
+async fn a_value_with_a_skipped_optional_field_reads_back_from_redis() {
+    let redis = RedisTier::connect(&redis_url(), &namespace("skipped"))
+        .await
+        .unwrap();
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let value = Annotated {
+        revenue: 125_000,
+        note: None,
+        items: vec!["invoices".to_owned()],
+    };
+    let db = Returns::new(value.clone());
+    let t1 = tenant("t1");
+    assert!(fan_out.run(&t1, (&fresh_instance(&redis, &db),)).await.0.is_fresh());
+    // Another instance: from Redis, not a silent miss on every read.
+    let (read,) = fan_out.run(&t1, (&fresh_instance(&redis, &db),)).await;
+    assert!(matches!(read.source, Source::Cached { .. }), "{:?}", read.source);
+    assert_eq!(read.value, value);
+    assert_eq!(db.runs(), 1);
+    assert_eq!(redis.decode_failures(), 0);
+}
+
+#[tokio::test]
+async fn another_value_type_or_schema_version_never_reads_the_stored_value() {
+    let ns = namespace("fingerprint");
+    let redis = RedisTier::connect(&redis_url(), &ns).await.unwrap();
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+    let old = Returns::new(release_1::Balance {
+        revenue: 125_000,
+        cost: 40_000,
+    });
+    assert!(fan_out.run(&t1, (&fresh_instance(&redis, &old),)).await.0.is_fresh());
+
+    // Another type under the same query name: its own key, its own value.
+    let new = Returns::new(release_2::Balance { cost: 1, revenue: 2 });
+    let (other_type,) = fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
+    assert!(other_type.is_fresh(), "{:?}", other_type.source);
+    assert_eq!(other_type.value, new.value);
+    assert_eq!(value_keys(&ns).await.len(), 2);
+
+    // The same type under another schema version: the same.
+    let bumped = fresh_instance(&redis, &old).schema(1);
+    let (other_version,) = fan_out.run(&t1, (&bumped,)).await;
+    assert!(other_version.is_fresh(), "{:?}", other_version.source);
+    assert_eq!(old.runs(), 2);
+    // Each version reads its own.
+    for version in [0, 1] {
+        let (read,) = fan_out
+            .run(&t1, (&fresh_instance(&redis, &old).schema(version),))
+            .await;
+        assert!(matches!(read.source, Source::Cached { .. }), "{:?}", read.source);
+    }
+    assert_eq!((old.runs(), new.runs()), (2, 1));
+    assert_eq!(redis.decode_failures(), 0, "no bytes of another type were read");
+}
+
+#[tokio::test]
+async fn incompatible_bytes_under_the_same_key_are_a_counted_miss_with_one_warning() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let ns = namespace("incompatible");
+    let redis = RedisTier::connect(&redis_url(), &ns).await.unwrap();
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+    let old = Returns::new(release_1::Balance {
+        revenue: 125_000,
+        cost: 40_000,
+    });
+    assert!(fan_out.run(&t1, (&fresh_instance(&redis, &old),)).await.0.is_fresh());
+    let [old_key] = <[String; 1]>::try_from(value_keys(&ns).await).unwrap();
+    let old_bytes = stored_bytes(&old_key).await;
+
+    // Release 2 renamed `cost` without bumping the schema version.
+    let renamed = release_2::Renamed {
+        revenue: 7,
+        costs: 8,
+    };
+    let new = Returns::new(renamed.clone());
+    fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
+    as_if_one_type(&ns, &old_bytes).await;
+    let (read,) = fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
+    assert!(read.is_fresh(), "a miss: the query ran: {:?}", read.source);
+    assert_eq!(read.value, renamed);
+    assert_eq!(new.runs(), 2);
+    assert_eq!(redis.decode_failures(), 1);
+    assert_eq!(decode_warnings(&capture), 1, "{:#?}", capture.events());
+
+    // Bytes that are not even MessagePack: a miss too; counted, and
+    // logged at DEBUG (one WARN per 30 s).
+    as_if_one_type(&ns, b"\xc1 not a value").await;
+    let (read,) = fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
+    assert!(read.is_fresh(), "{:?}", read.source);
+    assert_eq!(read.value, renamed);
+    assert_eq!(redis.decode_failures(), 2);
+    assert_eq!(decode_warnings(&capture), 1);
+    let debug = capture
+        .events()
+        .iter()
+        .filter(|e| e.level == Level::DEBUG && e.field("query") == Some("balance") && e.field("error").is_some())
+        .count();
+    assert_eq!(debug, 1);
+}

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::RedisTierError;
 
 /// At most one WARN per tier in this long, however Redis flaps.
-const WARN_INTERVAL: Duration = Duration::from_secs(30);
+pub(super) const WARN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Whether Redis is failing, and when to try it again: a circuit breaker,
 /// and the one-WARN-per-episode log.

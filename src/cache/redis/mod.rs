@@ -4,6 +4,7 @@
 //! See [`SharedCached`] for how the tiers work together.
 
 mod codec;
+mod decode_failures;
 mod error;
 mod health;
 mod shared;
@@ -21,13 +22,14 @@ mod tests {
     use serde::de::DeserializeOwned;
 
     use super::RedisTierError;
-    use super::codec::{decode_within, encode, now_ms};
+    use super::codec::{Schema, decode_within, encode, fnv1a, now_ms};
     use super::health::Health;
     use super::tier::{MAX_PX_MS, escape, lock_token, px};
 
     fn round_trip<T: Serialize + DeserializeOwned>(value: &T) -> T {
         let bytes = encode(value, now_ms()).unwrap();
-        decode_within(&bytes, Duration::from_secs(60), "q")
+        decode_within(&bytes, Duration::from_secs(60))
+            .unwrap()
             .unwrap()
             .0
     }
@@ -60,17 +62,58 @@ mod tests {
         assert_eq!(round_trip(&Kind::Plain), Kind::Plain);
         let json = serde_json::json!({"total": 125000, "rows": [{"id": 1, "paid": true}], "note": null, "rate": 0.5});
         assert_eq!(round_trip(&json), json);
-        // Compact: a struct is an array, without field names.
-        assert!(encode(&stats, 0).unwrap().len() < 30);
+        // A struct is a map from its field names.
+        let bytes = encode(&stats, 0).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(["count", "names", "ratio", "kind", "Tagged", "id"].iter().all(|name| text.contains(name)), "{text}");
+    }
+
+    /// An older build's `Stats`: the same fields in another order, and a
+    /// field it leaves out when empty.
+    #[derive(serde::Serialize)]
+    struct OldStats {
+        kind: Kind,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ratio: Option<f64>,
+        names: Vec<String>,
+        count: u32,
+    }
+
+    #[test]
+    fn fields_decode_by_name_whatever_their_order_or_absence() {
+        let old = OldStats {
+            kind: Kind::Plain,
+            ratio: None,
+            names: vec!["x".into()],
+            count: 9,
+        };
+        let bytes = encode(&old, now_ms()).unwrap();
+        let (new, _) = decode_within::<Stats>(&bytes, Duration::from_secs(60)).unwrap().unwrap();
+        let expected = Stats { count: 9, names: vec!["x".into()], ratio: None, kind: Kind::Plain };
+        assert_eq!(new, expected);
+    }
+
+    #[test]
+    fn the_type_fingerprint_is_stable_fnv1a_of_the_type_name() {
+        // The published FNV-1a 64 test vectors: any change here would make
+        // every build read none of the values the last one stored.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(Schema::of::<Stats>(0), Schema::of::<Stats>(0));
+        assert_ne!(Schema::of::<Stats>(0), Schema::of::<Stats>(1));
+        assert_ne!(Schema::of::<Stats>(0), Schema::of::<Kind>(0));
+        let fingerprint = fnv1a(std::any::type_name::<u64>().as_bytes());
+        assert_eq!(Schema::of::<u64>(7).to_string(), format!("{fingerprint:016x}:7"));
     }
 
     #[test]
     fn a_value_of_another_shape_is_a_miss_and_an_old_one_too() {
         let bytes = encode(&"text".to_owned(), now_ms()).unwrap();
-        assert!(decode_within::<i64>(&bytes, Duration::from_secs(60), "q").is_none());
+        assert!(decode_within::<i64>(&bytes, Duration::from_secs(60)).is_err());
         let old = encode(&1_i64, now_ms() - 61_000).unwrap();
-        assert!(decode_within::<i64>(&old, Duration::from_secs(60), "q").is_none());
-        let (_, age) = decode_within::<i64>(&old, Duration::from_secs(120), "q").unwrap();
+        assert!(decode_within::<i64>(&old, Duration::from_secs(60)).unwrap().is_none());
+        let (_, age) = decode_within::<i64>(&old, Duration::from_secs(120)).unwrap().unwrap();
         assert!(age >= Duration::from_secs(61));
     }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, sleep};
 
-use super::codec::{decode_within, encode, now_ms};
+use super::codec::{Schema, encode, now_ms};
 use super::tier::{DEFAULT_LOCK_TTL, Keys, lock_token};
 use super::{RedisTier, RedisTierError};
 use crate::cache::{CachePolicy, QueryCache};
@@ -193,9 +193,28 @@ impl fmt::Debug for SharedCache {
 /// query's name, timeout and fallback, like [`Cached`](crate::cache::Cached).
 ///
 /// The value type must be `Clone` and serde's `Serialize` and
-/// `DeserializeOwned` (it is stored as MessagePack). A value stored by a
-/// build whose type has changed shape does not decode and counts as a miss;
-/// change the namespace along with such a type to keep versions apart.
+/// `DeserializeOwned` (it is stored as MessagePack).
+///
+/// # Values written by other builds
+///
+/// A value read from Redis is either what was stored for this value type
+/// or a miss (the query runs), never a value with its fields mixed up:
+///
+/// - Structs are stored with their field names, so a later build that
+///   reorders fields reads them right, one that adds an `Option` field (or
+///   one with `#[serde(default)]`) reads old values with it empty, and
+///   fields left out by `#[serde(skip_serializing_if)]` read back.
+/// - The key holds a fingerprint of the value type's name
+///   (`std::any::type_name`), so a build whose query returns another type
+///   never reads this one's values. (The name may change with the
+///   compiler; then the values are misses once.)
+/// - The key holds the [`schema`](Self::schema) version, for what names
+///   cannot show: bump it when a field keeps its name but changes meaning,
+///   or a tuple struct's fields (stored by position) change.
+/// - Bytes that still do not decode (a renamed or retyped field under the
+///   same version) are a miss, counted by
+///   [`RedisTier::decode_failures`] and logged at WARN at most once per
+///   30 s.
 ///
 /// | found… | source |
 /// |--------|--------|
@@ -219,8 +238,13 @@ impl fmt::Debug for SharedCache {
 /// | key | holds |
 /// |-----|-------|
 /// | `{namespace}:gen:{tenant}` | the tenant's generation (missing = 0), `INCR`ed by [`SharedCache::invalidate_tenant`] |
-/// | `{namespace}:v1:{tenant}:{generation}:{query}:{key}` | a value and the wall-clock time it was computed (MessagePack), expiring after the policy's [`keep_for`](CachePolicy::keep_for) |
-/// | `{namespace}:lock:{tenant}:{generation}:{query}:{key}` | the lock of the instance computing that value (`SET NX PX`) |
+/// | `{namespace}:v2:{tenant}:{generation}:{query}:{key}:{type}:{schema}` | a value and the wall-clock time it was computed (MessagePack), expiring after the policy's [`keep_for`](CachePolicy::keep_for) |
+/// | `{namespace}:lock:{tenant}:{generation}:{query}:{key}:{type}:{schema}` | the lock of the instance computing that value (`SET NX PX`) |
+///
+/// `{type}` is the 64-bit FNV-1a hash of the value type's name, in 16 hex
+/// digits, and `{schema}` the [`schema`](SharedCached::schema) version.
+/// Version 0.1.0 wrote `v1` keys (structs without field names); they are
+/// never read, and expire.
 ///
 /// A `:` or `%` in the query name or key is written `%3A` or `%25`, and a
 /// tenant id has neither, so two tenants never share a key. Invalidation
@@ -287,6 +311,7 @@ pub struct SharedCached<Q> {
     cache: SharedCache,
     policy: CachePolicy,
     key: Arc<str>,
+    schema: u32,
 }
 
 impl<Q> SharedCached<Q> {
@@ -301,6 +326,7 @@ impl<Q> SharedCached<Q> {
             cache: cache.clone(),
             policy,
             key: Arc::from(""),
+            schema: 0,
         }
     }
 
@@ -322,6 +348,54 @@ impl<Q> SharedCached<Q> {
     /// ```
     pub fn key(mut self, key: impl AsRef<str>) -> Self {
         self.key = Arc::from(key.as_ref());
+        self
+    }
+
+    /// The version of the value's stored form (default 0), part of its
+    /// Redis key: values stored under another version are never read.
+    ///
+    /// Field names already keep reordered, added and optional fields
+    /// apart; bump the version when a change they cannot show ships: a
+    /// field that keeps its name but changes meaning (euros to cents) or
+    /// type, a renamed field, or reordered fields of a tuple struct. During
+    /// a rolling deploy, the old and new builds then each compute and read
+    /// their own values.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use fanout::cache::{CachePolicy, QueryCache, RedisTier, SharedCache, SharedCached};
+    /// # use fanout::{DashboardQuery, FanOut, QueryContext, Source, TenantId};
+    /// # struct Revenue;
+    /// # impl DashboardQuery for Revenue {
+    /// #     type Output = i64;
+    /// #     type Error = std::io::Error;
+    /// #     fn name(&self) -> &'static str { "total_revenue" }
+    /// #     async fn run(&self, _ctx: QueryContext) -> Result<i64, std::io::Error> { Ok(12_500_000) }
+    /// #     fn fallback(&self) -> i64 { 0 }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let namespace = format!("doc-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
+    /// let redis = RedisTier::connect(&url, &namespace).await?;
+    /// let policy = CachePolicy::ttl(Duration::from_secs(60));
+    /// let (fan_out, tenant) = (FanOut::new(), TenantId::new("t1")?);
+    /// let instance = || SharedCache::new(&QueryCache::new(100), &redis);
+    ///
+    /// // Release 1 stored euros; release 2 returns cents in the same type.
+    /// let euros = SharedCached::new(Revenue, &instance(), policy);
+    /// assert!(fan_out.run(&tenant, (&euros,)).await.0.is_fresh());
+    /// let cents = SharedCached::new(Revenue, &instance(), policy).schema(2);
+    /// let (outcome,) = fan_out.run(&tenant, (&cents,)).await;
+    /// assert!(outcome.is_fresh()); // not release 1's euros
+    /// let (outcome,) = fan_out.run(&tenant, (&SharedCached::new(Revenue, &instance(), policy).schema(2),)).await;
+    /// assert!(matches!(outcome.source, Source::Cached { .. })); // release 2's own value
+    /// # Ok(()) }
+    /// ```
+    pub fn schema(mut self, version: u32) -> Self {
+        self.schema = version;
         self
     }
 
@@ -351,12 +425,13 @@ where
             return self.query.run(ctx).await.map(Loaded::Fresh);
         };
         let name = self.query.name();
-        let keys = redis.keys(ctx.tenant(), generation, name, &self.key);
+        let schema = Schema::of::<Q::Output>(self.schema);
+        let keys = redis.keys(ctx.tenant(), generation, name, &self.key, schema);
         let ttl = self.policy.time_to_live();
         match redis.get(&keys.value).await {
             None => return self.run_and_store(ctx, &keys, None).await,
             Some(Some(bytes)) => {
-                if let Some((value, age)) = decode_within(&bytes, ttl, name) {
+                if let Some((value, age)) = redis.decode_within(&bytes, ttl, name) {
                     return Ok(Loaded::Cached { value, age });
                 }
             }
@@ -389,7 +464,7 @@ where
                 break;
             };
             if let Some(bytes) = value
-                && let Some((value, age)) = decode_within(&bytes, ttl, name)
+                && let Some((value, age)) = redis.decode_within(&bytes, ttl, name)
             {
                 return Ok(Loaded::Cached { value, age });
             }
@@ -470,8 +545,9 @@ where
             return Some(found);
         }
         let generation = self.cache.generation(tenant).await?;
-        let keys = self.cache.redis.keys(tenant, generation, name, &self.key);
+        let schema = Schema::of::<Q::Output>(self.schema);
+        let keys = self.cache.redis.keys(tenant, generation, name, &self.key, schema);
         let bytes = self.cache.redis.get(&keys.value).await??;
-        decode_within(&bytes, self.policy.keep_for(), name)
+        self.cache.redis.decode_within(&bytes, self.policy.keep_for(), name)
     }
 }
