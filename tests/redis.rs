@@ -1066,3 +1066,53 @@ async fn incompatible_bytes_under_the_same_key_are_a_counted_miss_with_one_warni
         .count();
     assert_eq!(debug, 1);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn forgotten_tenants_free_their_memory_and_never_get_a_value_of_an_invalidated_generation() {
+    let mut own = OwnRedis::start();
+    let ns = namespace("forget");
+    // A 25 ms check: generations are remembered for 60 checks, 1.5 s.
+    let check = Duration::from_millis(25);
+    let redis_a = own.connect(&ns).await.generation_check(check);
+    let redis_b = own.connect(&ns).await.generation_check(check);
+    let db = Revenue::new(1);
+    let cache_a = SharedCache::new(&QueryCache::new(100), &redis_a);
+    let cache_b = SharedCache::new(&QueryCache::new(1_000), &redis_b);
+    let b = SharedCached::new(db.clone(), &cache_b, policy());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+
+    let (t1, t2) = (tenant("t1"), tenant("t2"));
+    let before_t1 = fan_out.run(&t1, (&b,)).await.0.value;
+    let before_t2 = fan_out.run(&t2, (&b,)).await.0.value;
+    let started = Instant::now();
+    for i in 0..50 {
+        fan_out.run(&tenant(&format!("other{i}")), (&b,)).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "too slow to test");
+    assert_eq!(cache_b.remembered_tenants(), 52);
+
+    // Past the memory: the next new tenant sweeps the others away. Their
+    // values are still in B's in-process tier (30 s TTL).
+    sleep(Duration::from_millis(1_600)).await;
+    fan_out.run(&tenant("newcomer"), (&b,)).await;
+    assert_eq!(cache_b.remembered_tenants(), 1);
+
+    // Both invalidated elsewhere.
+    cache_a.invalidate_tenant(&t1).await.unwrap();
+    cache_a.invalidate_tenant(&t2).await.unwrap();
+
+    // Redis up: B reads t1's new generation and recomputes.
+    let (after,) = fan_out.run(&t1, (&b,)).await;
+    assert!(after.is_fresh(), "{:?}", after.source);
+    assert_ne!(after.value.run, before_t1.run);
+
+    // Redis down: t2's generation is unknown; B does not fall back to the
+    // value it holds from before the invalidation.
+    own.kill();
+    let (after,) = fan_out.run(&t2, (&b,)).await;
+    assert!(after.is_fresh(), "{:?}", after.source);
+    assert_ne!(after.value.run, before_t2.run);
+    // A remembered tenant keeps its in-process values through the outage.
+    let (kept,) = fan_out.run(&t1, (&b,)).await;
+    assert!(matches!(kept.source, Source::Cached { .. }), "{:?}", kept.source);
+}

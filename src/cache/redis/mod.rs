@@ -5,6 +5,7 @@
 
 mod codec;
 mod decode_failures;
+mod generations;
 mod error;
 mod health;
 mod shared;
@@ -23,6 +24,7 @@ mod tests {
 
     use super::RedisTierError;
     use super::codec::{Schema, decode_within, encode, fnv1a, now_ms};
+    use super::generations::{Generation, Generations, keep_for};
     use super::health::Health;
     use super::tier::{MAX_PX_MS, escape, lock_token, px};
 
@@ -170,5 +172,65 @@ mod tests {
         // A call that succeeds anyway (an explicit `generation`) ends it.
         health.succeeded("ns");
         assert!(health.admits(Duration::MAX));
+    }
+
+    fn tenant(id: &str) -> crate::TenantId {
+        crate::TenantId::new(id).unwrap()
+    }
+
+    #[test]
+    fn generations_are_kept_for_sixty_checks_within_bounds() {
+        assert_eq!(keep_for(Duration::from_secs(1)), Duration::from_secs(60));
+        assert_eq!(keep_for(Duration::from_millis(10)), Duration::from_secs(1));
+        assert_eq!(keep_for(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(keep_for(Duration::MAX), Duration::from_secs(600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_thousand_tenants_seen_once_are_forgotten_and_a_busy_one_kept() {
+        let generations = Generations::new(Duration::from_secs(1));
+        let asked = tokio::time::Instant::now();
+        for i in 0..10_000 {
+            generations.read(&tenant(&format!("t{i}")), 0, asked);
+        }
+        assert_eq!(generations.len(), 10_000);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        // A tenant still in use is re-read: kept.
+        let asked = tokio::time::Instant::now();
+        assert_eq!(generations.read(&tenant("t0"), 3, asked), (Generation::Known(3), true));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        // The next new tenant, a minute on, sweeps the rest away.
+        generations.read(&tenant("new"), 0, tokio::time::Instant::now());
+        assert_eq!(generations.len(), 2);
+        assert_eq!(generations.get(&tenant("t0")).unwrap().generation, 3);
+        assert!(generations.get(&tenant("t1")).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_invalidation_made_here_wins_over_an_older_read() {
+        let generations = Generations::new(Duration::from_secs(1));
+        let asked = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        generations.set(&tenant("t1"), 5);
+        // A read sent before the invalidation and answered after it.
+        assert_eq!(generations.read(&tenant("t1"), 4, asked), (Generation::Known(5), false));
+    }
+
+    #[test]
+    fn each_period_without_a_known_generation_keys_its_own_values() {
+        let generations = Generations::new(Duration::from_secs(1));
+        let first = generations.unknown();
+        assert_eq!(generations.unknown(), first);
+        // Redis answers (for any tenant): the period is over.
+        generations.read(&tenant("t1"), 0, tokio::time::Instant::now());
+        let second = generations.unknown();
+        assert_ne!(second, first);
+        let keys = [first, second, Generation::Known(0), Generation::Known(1)].map(|g| g.local_key("k"));
+        for (i, a) in keys.iter().enumerate() {
+            assert!(keys[i + 1..].iter().all(|b| a != b), "{keys:?}");
+        }
+        assert_eq!(Generation::Known(7).local_key("a:b").as_ref(), "7:a:b");
+        assert_eq!(Generation::Known(7).known(), Some(7));
+        assert_eq!(first.known(), None);
     }
 }

@@ -1,8 +1,7 @@
 //! [`SharedCache`] and [`SharedCached`]: the in-process tier in front of Redis.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -10,6 +9,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::{Instant, sleep};
 
 use super::codec::{Schema, encode, now_ms};
+use super::generations::{Generation, Generations};
 use super::tier::{DEFAULT_LOCK_TTL, Keys, lock_token};
 use super::{RedisTier, RedisTierError};
 use crate::cache::{CachePolicy, QueryCache};
@@ -22,9 +22,28 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// [`RedisTier`]: what [`SharedCached`] queries are served through.
 ///
 /// Cloning is cheap and shares both tiers. Make one per service and clone
-/// it; it remembers each tenant's generation as last read from Redis (one
-/// small entry per tenant), so that an invalidation made elsewhere reaches
-/// the in-process tier too.
+/// it.
+///
+/// # Generations
+///
+/// The in-process tier keys each value by its tenant's generation in
+/// Redis, so an invalidation made on another instance reaches this one's
+/// in-process tier too. A `SharedCache` remembers each tenant's generation
+/// as last read from Redis, and for how long:
+///
+/// - A load re-reads it once it is older than the tier's
+///   [`generation_check`](RedisTier::generation_check) (1 s by default).
+/// - While Redis is unavailable, loads use the last generation read, and
+///   the in-process tier keeps serving that generation's values.
+/// - A generation read more than 60 generation checks ago (at least 1 s, at
+///   most 10 minutes; a minute by default) is forgotten at the next sweep.
+///   Sweeps run when a new tenant is remembered, at most once per that
+///   period, so the memory held never exceeds one small entry per tenant
+///   read from Redis within the two periods before the newest one.
+/// - A forgotten tenant, while Redis is unavailable, has no known
+///   generation: its loads find only values computed since Redis became
+///   unavailable (or else run the query), never values of a generation
+///   that may since have been invalidated.
 ///
 /// # Examples
 ///
@@ -44,14 +63,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 pub struct SharedCache {
     local: QueryCache,
     redis: RedisTier,
-    seen: Arc<Mutex<HashMap<TenantId, Seen>>>,
-}
-
-/// A tenant's generation in Redis, and when it was read.
-#[derive(Clone, Copy)]
-struct Seen {
-    generation: u64,
-    at: Instant,
+    seen: Arc<Generations>,
 }
 
 impl SharedCache {
@@ -64,7 +76,7 @@ impl SharedCache {
         Self {
             local: local.clone(),
             redis: redis.clone(),
-            seen: Arc::default(),
+            seen: Arc::new(Generations::new(redis.generation_check)),
         }
     }
 
@@ -117,65 +129,58 @@ impl SharedCache {
         // between uses the old local key, which the bump then retires.
         let result = self.redis.invalidate_tenant(tenant).await;
         if let Ok(generation) = result {
-            self.seen_mut().insert(
-                tenant.clone(),
-                Seen {
-                    generation,
-                    at: Instant::now(),
-                },
-            );
+            self.seen.set(tenant, generation);
         }
         self.local.invalidate_tenant(tenant);
         result
     }
 
-    fn seen_mut(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Seen>> {
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    /// How many tenants' generations this instance remembers (see
+    /// [Generations](SharedCache#generations)): bounded by how many
+    /// tenants it served recently, not by how many it ever served.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use fanout::cache::{QueryCache, RedisTier, SharedCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let namespace = format!("doc-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
+    /// let cache = SharedCache::new(&QueryCache::new(100), &RedisTier::connect(&url, &namespace).await?);
+    /// assert_eq!(cache.remembered_tenants(), 0);
+    /// cache.invalidate_tenant(&fanout::TenantId::new("t1")?).await?;
+    /// assert_eq!(cache.remembered_tenants(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn remembered_tenants(&self) -> usize {
+        self.seen.len()
     }
 
     /// The tenant's generation in Redis, read at most once per
-    /// `generation_check`; the last one read while Redis is unavailable,
-    /// `None` if none was. A new generation invalidates the tenant in the
-    /// in-process tier.
-    async fn generation(&self, tenant: &TenantId) -> Option<u64> {
-        let known = self.seen_mut().get(tenant).copied();
+    /// `generation_check`; while Redis is unavailable, the last one read
+    /// if it is remembered, else [`Generation::Unknown`].
+    async fn generation(&self, tenant: &TenantId) -> Generation {
+        let known = self.seen.get(tenant);
         if let Some(seen) = known
             && seen.at.elapsed() < self.redis.generation_check
         {
-            return Some(seen.generation);
+            return Generation::Known(seen.generation);
         }
         let asked = Instant::now();
         let Some(generation) = self.redis.get_generation(tenant).await else {
-            return known.map(|seen| seen.generation);
+            return match known {
+                Some(seen) => Generation::Known(seen.generation),
+                None => self.seen.unknown(),
+            };
         };
-        let mut seen = self.seen_mut();
-        let now = Instant::now();
-        match seen.get_mut(tenant) {
-            // Newer news arrived while we asked (an invalidation here).
-            Some(latest) if latest.at > asked => Some(latest.generation),
-            Some(latest) => {
-                let changed = latest.generation != generation;
-                *latest = Seen {
-                    generation,
-                    at: now,
-                };
-                drop(seen);
-                if changed {
-                    self.local.invalidate_tenant(tenant);
-                }
-                Some(generation)
-            }
-            None => {
-                seen.insert(
-                    tenant.clone(),
-                    Seen {
-                        generation,
-                        at: now,
-                    },
-                );
-                Some(generation)
-            }
+        let (generation, changed) = self.seen.read(tenant, generation, asked);
+        if changed {
+            // Not needed for correctness (the generation is in the local
+            // key), but it retires the old values at once.
+            self.local.invalidate_tenant(tenant);
         }
+        generation
     }
 }
 
@@ -530,21 +535,24 @@ where
 
     async fn load(&self, ctx: QueryContext) -> Result<Loaded<Q::Output>, Q::Error> {
         let generation = self.cache.generation(ctx.tenant()).await;
+        let local_key = generation.local_key(&self.key);
         self.cache
             .local
-            .load_with(self.query.name(), &self.key, self.policy, ctx, |ctx| {
-                self.compute(ctx, generation)
+            .load_with(self.query.name(), &local_key, self.policy, ctx, |ctx| {
+                self.compute(ctx, generation.known())
             })
             .await
     }
 
     async fn stale(&self, tenant: &TenantId) -> Option<(Q::Output, Duration)> {
         let name = self.query.name();
-        let local = self.cache.local.stale(tenant, name, &self.key, self.policy);
+        let generation = self.cache.generation(tenant).await;
+        let local_key = generation.local_key(&self.key);
+        let local = self.cache.local.stale(tenant, name, &local_key, self.policy);
         if let Some(found) = local.await {
             return Some(found);
         }
-        let generation = self.cache.generation(tenant).await?;
+        let generation = generation.known()?;
         let schema = Schema::of::<Q::Output>(self.schema);
         let keys = self.cache.redis.keys(tenant, generation, name, &self.key, schema);
         let bytes = self.cache.redis.get(&keys.value).await??;

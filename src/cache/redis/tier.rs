@@ -204,7 +204,10 @@ impl RedisTier {
     /// How often an instance re-reads a tenant's generation from Redis
     /// (default 1 s): an invalidation made on another instance reaches
     /// this one's in-process tier within this long. Zero reads it on every
-    /// load; `Duration::MAX` reads it once per tenant.
+    /// load. A [`SharedCache`](super::SharedCache) forgets a generation
+    /// read more than 60 checks ago (at least 1 s, at most 10 minutes), so
+    /// `Duration::MAX` re-reads a tenant's generation every 10 to 20
+    /// minutes.
     ///
     /// # Examples
     ///
