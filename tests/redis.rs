@@ -788,10 +788,7 @@ async fn a_lock_wait_of_duration_max_waits_for_the_value_or_the_free_lock_within
     let (bounded,) = short.run(&t2, (&b,)).await;
     let elapsed = started.elapsed();
     assert!(
-        matches!(
-            bounded.source,
-            Source::Fallback(fanout::Failure::TimedOut)
-        ),
+        matches!(bounded.source, Source::Fallback(fanout::Failure::TimedOut)),
         "{:?}",
         bounded.source
     );
@@ -940,17 +937,30 @@ async fn a_value_stored_by_a_release_with_reordered_fields_reads_back_exactly() 
         cost: 40_000,
     };
     let old = Returns::new(stored.clone());
-    assert!(fan_out.run(&t1, (&fresh_instance(&redis, &old),)).await.0.is_fresh());
+    assert!(
+        fan_out
+            .run(&t1, (&fresh_instance(&redis, &old),))
+            .await
+            .0
+            .is_fresh()
+    );
     let [old_key] = <[String; 1]>::try_from(value_keys(&ns).await).unwrap();
     let old_bytes = stored_bytes(&old_key).await;
 
     // Release 2 computes its own value under its own key ...
-    let new = Returns::new(release_2::Balance { cost: 1, revenue: 2 });
+    let new = Returns::new(release_2::Balance {
+        cost: 1,
+        revenue: 2,
+    });
     fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
     // ... and, were the type names one, would read release 1's bytes.
     as_if_one_type(&ns, &old_bytes).await;
     let (read,) = fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
-    assert!(matches!(read.source, Source::Cached { .. }), "{:?}", read.source);
+    assert!(
+        matches!(read.source, Source::Cached { .. }),
+        "{:?}",
+        read.source
+    );
     assert_eq!(
         read.value,
         release_2::Balance {
@@ -976,10 +986,20 @@ async fn a_value_with_a_skipped_optional_field_reads_back_from_redis() {
     };
     let db = Returns::new(value.clone());
     let t1 = tenant("t1");
-    assert!(fan_out.run(&t1, (&fresh_instance(&redis, &db),)).await.0.is_fresh());
+    assert!(
+        fan_out
+            .run(&t1, (&fresh_instance(&redis, &db),))
+            .await
+            .0
+            .is_fresh()
+    );
     // Another instance: from Redis, not a silent miss on every read.
     let (read,) = fan_out.run(&t1, (&fresh_instance(&redis, &db),)).await;
-    assert!(matches!(read.source, Source::Cached { .. }), "{:?}", read.source);
+    assert!(
+        matches!(read.source, Source::Cached { .. }),
+        "{:?}",
+        read.source
+    );
     assert_eq!(read.value, value);
     assert_eq!(db.runs(), 1);
     assert_eq!(redis.decode_failures(), 0);
@@ -995,10 +1015,19 @@ async fn another_value_type_or_schema_version_never_reads_the_stored_value() {
         revenue: 125_000,
         cost: 40_000,
     });
-    assert!(fan_out.run(&t1, (&fresh_instance(&redis, &old),)).await.0.is_fresh());
+    assert!(
+        fan_out
+            .run(&t1, (&fresh_instance(&redis, &old),))
+            .await
+            .0
+            .is_fresh()
+    );
 
     // Another type under the same query name: its own key, its own value.
-    let new = Returns::new(release_2::Balance { cost: 1, revenue: 2 });
+    let new = Returns::new(release_2::Balance {
+        cost: 1,
+        revenue: 2,
+    });
     let (other_type,) = fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
     assert!(other_type.is_fresh(), "{:?}", other_type.source);
     assert_eq!(other_type.value, new.value);
@@ -1014,10 +1043,18 @@ async fn another_value_type_or_schema_version_never_reads_the_stored_value() {
         let (read,) = fan_out
             .run(&t1, (&fresh_instance(&redis, &old).schema(version),))
             .await;
-        assert!(matches!(read.source, Source::Cached { .. }), "{:?}", read.source);
+        assert!(
+            matches!(read.source, Source::Cached { .. }),
+            "{:?}",
+            read.source
+        );
     }
     assert_eq!((old.runs(), new.runs()), (2, 1));
-    assert_eq!(redis.decode_failures(), 0, "no bytes of another type were read");
+    assert_eq!(
+        redis.decode_failures(),
+        0,
+        "no bytes of another type were read"
+    );
 }
 
 #[tokio::test]
@@ -1032,7 +1069,13 @@ async fn incompatible_bytes_under_the_same_key_are_a_counted_miss_with_one_warni
         revenue: 125_000,
         cost: 40_000,
     });
-    assert!(fan_out.run(&t1, (&fresh_instance(&redis, &old),)).await.0.is_fresh());
+    assert!(
+        fan_out
+            .run(&t1, (&fresh_instance(&redis, &old),))
+            .await
+            .0
+            .is_fresh()
+    );
     let [old_key] = <[String; 1]>::try_from(value_keys(&ns).await).unwrap();
     let old_bytes = stored_bytes(&old_key).await;
 
@@ -1062,7 +1105,11 @@ async fn incompatible_bytes_under_the_same_key_are_a_counted_miss_with_one_warni
     let debug = capture
         .events()
         .iter()
-        .filter(|e| e.level == Level::DEBUG && e.field("query") == Some("balance") && e.field("error").is_some())
+        .filter(|e| {
+            e.level == Level::DEBUG
+                && e.field("query") == Some("balance")
+                && e.field("error").is_some()
+        })
         .count();
     assert_eq!(debug, 1);
 }
@@ -1088,7 +1135,10 @@ async fn forgotten_tenants_free_their_memory_and_never_get_a_value_of_an_invalid
     for i in 0..50 {
         fan_out.run(&tenant(&format!("other{i}")), (&b,)).await;
     }
-    assert!(started.elapsed() < Duration::from_secs(1), "too slow to test");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "too slow to test"
+    );
     assert_eq!(cache_b.remembered_tenants(), 52);
 
     // Past the memory: the next new tenant sweeps the others away. Their
@@ -1114,5 +1164,109 @@ async fn forgotten_tenants_free_their_memory_and_never_get_a_value_of_an_invalid
     assert_ne!(after.value.run, before_t2.run);
     // A remembered tenant keeps its in-process values through the outage.
     let (kept,) = fan_out.run(&t1, (&b,)).await;
-    assert!(matches!(kept.source, Source::Cached { .. }), "{:?}", kept.source);
+    assert!(
+        matches!(kept.source, Source::Cached { .. }),
+        "{:?}",
+        kept.source
+    );
+}
+
+/// How Redis goes away in [`redis_lost_while_waiting_on_another_instances_lock`].
+#[derive(Clone, Copy, Debug)]
+enum Loss {
+    Killed,
+    Hung,
+}
+
+/// Instance A holds a key's lock for its slow query; ten callers on
+/// instance B wait for A's value (lock wait 2 s) when Redis goes away. B
+/// stops waiting at its first failed call and runs the query once for all
+/// ten: no caller waits out the lock wait, none gets an error, and each
+/// tier logs one WARN.
+async fn redis_lost_while_waiting_on_another_instances_lock(loss: Loss) {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let ns = namespace("lost-while-waiting");
+    let mut own = None;
+    let hang = Arc::new(AtomicBool::new(false));
+    let url = match loss {
+        Loss::Killed => own.insert(OwnRedis::start()).url(),
+        Loss::Hung => {
+            let (upstream, _) = through_proxy(&redis_url(), 0);
+            let port = hanging_proxy(upstream, Arc::clone(&hang)).await;
+            through_proxy(&redis_url(), port).1
+        }
+    };
+    let connect = || async {
+        match &own {
+            Some(own) => own.connect(&ns).await,
+            None => RedisTier::connect(&url, &ns).await.unwrap(),
+        }
+    };
+    let (redis_a, redis_b) = (connect().await, connect().await);
+    let (db_a, db_b) = (Revenue::new(500), Revenue::new(QUERY_MS));
+    let a = instance(&redis_a, &db_a, policy());
+    let b = instance(&redis_b.lock_wait(Duration::from_secs(2)), &db_b, policy());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+
+    let computing = tokio::spawn({
+        let (fan_out, t1) = (fan_out.clone(), t1.clone());
+        async move { fan_out.run(&t1, (&a,)).await.0 }
+    });
+    sleep(Duration::from_millis(50)).await;
+    let lose_at = Duration::from_millis(100);
+    let started = Instant::now();
+    let (waiters, ()) = tokio::join!(join_all((0..10).map(|_| fan_out.run(&t1, (&b,)))), async {
+        sleep(lose_at).await;
+        match loss {
+            Loss::Killed => own.as_mut().unwrap().kill(),
+            Loss::Hung => hang.store(true, Ordering::SeqCst),
+        }
+    });
+    let slowest = started.elapsed();
+
+    // Lost, then at most one poll interval and one call timeout, then B's
+    // own query.
+    let limit = lose_at
+        + Duration::from_millis(10)
+        + CALL_TIMEOUT
+        + Duration::from_millis(QUERY_MS)
+        + SLACK;
+    println!("Redis {loss:?} while waiting: slowest of ten callers {slowest:?} (limit {limit:?})");
+    assert!(slowest <= limit, "{slowest:?} > {limit:?}");
+    let fresh = waiters.iter().filter(|(o,)| o.is_fresh()).count();
+    for (outcome,) in &waiters {
+        assert!(
+            matches!(outcome.source, Source::Fresh | Source::Cached { .. }),
+            "{:?}",
+            outcome.source
+        );
+        assert_eq!(outcome.value.tenant, "t1");
+    }
+    assert_eq!(
+        (fresh, db_b.runs()),
+        (1, 1),
+        "one execution for ten callers"
+    );
+
+    // A finishes its query; storing it fails quietly.
+    let computed = computing.await.unwrap();
+    assert!(computed.is_fresh(), "{:?}", computed.source);
+    assert_eq!(
+        redis_warnings(&capture),
+        2,
+        "one WARN per tier: {:#?}",
+        capture.events()
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_redis_killed_while_waiting_on_another_instances_lock_ends_the_wait() {
+    redis_lost_while_waiting_on_another_instances_lock(Loss::Killed).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_redis_hung_while_waiting_on_another_instances_lock_ends_the_wait() {
+    redis_lost_while_waiting_on_another_instances_lock(Loss::Hung).await;
 }

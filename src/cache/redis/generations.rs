@@ -178,6 +178,12 @@ impl State {
                 .retain(|_, seen| now.duration_since(seen.at) < keep_for);
             self.last_sweep = now;
         }
-        self.seen.insert(tenant.clone(), Seen { generation, at: now });
+        self.seen.insert(
+            tenant.clone(),
+            Seen {
+                generation,
+                at: now,
+            },
+        );
     }
 }

@@ -5,8 +5,8 @@
 
 mod codec;
 mod decode_failures;
-mod generations;
 mod error;
+mod generations;
 mod health;
 mod shared;
 mod tier;
@@ -67,7 +67,12 @@ mod tests {
         // A struct is a map from its field names.
         let bytes = encode(&stats, 0).unwrap();
         let text = String::from_utf8_lossy(&bytes);
-        assert!(["count", "names", "ratio", "kind", "Tagged", "id"].iter().all(|name| text.contains(name)), "{text}");
+        assert!(
+            ["count", "names", "ratio", "kind", "Tagged", "id"]
+                .iter()
+                .all(|name| text.contains(name)),
+            "{text}"
+        );
     }
 
     /// An older build's `Stats`: the same fields in another order, and a
@@ -90,8 +95,15 @@ mod tests {
             count: 9,
         };
         let bytes = encode(&old, now_ms()).unwrap();
-        let (new, _) = decode_within::<Stats>(&bytes, Duration::from_secs(60)).unwrap().unwrap();
-        let expected = Stats { count: 9, names: vec!["x".into()], ratio: None, kind: Kind::Plain };
+        let (new, _) = decode_within::<Stats>(&bytes, Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+        let expected = Stats {
+            count: 9,
+            names: vec!["x".into()],
+            ratio: None,
+            kind: Kind::Plain,
+        };
         assert_eq!(new, expected);
     }
 
@@ -106,7 +118,10 @@ mod tests {
         assert_ne!(Schema::of::<Stats>(0), Schema::of::<Stats>(1));
         assert_ne!(Schema::of::<Stats>(0), Schema::of::<Kind>(0));
         let fingerprint = fnv1a(std::any::type_name::<u64>().as_bytes());
-        assert_eq!(Schema::of::<u64>(7).to_string(), format!("{fingerprint:016x}:7"));
+        assert_eq!(
+            Schema::of::<u64>(7).to_string(),
+            format!("{fingerprint:016x}:7")
+        );
     }
 
     #[test]
@@ -114,8 +129,14 @@ mod tests {
         let bytes = encode(&"text".to_owned(), now_ms()).unwrap();
         assert!(decode_within::<i64>(&bytes, Duration::from_secs(60)).is_err());
         let old = encode(&1_i64, now_ms() - 61_000).unwrap();
-        assert!(decode_within::<i64>(&old, Duration::from_secs(60)).unwrap().is_none());
-        let (_, age) = decode_within::<i64>(&old, Duration::from_secs(120)).unwrap().unwrap();
+        assert!(
+            decode_within::<i64>(&old, Duration::from_secs(60))
+                .unwrap()
+                .is_none()
+        );
+        let (_, age) = decode_within::<i64>(&old, Duration::from_secs(120))
+            .unwrap()
+            .unwrap();
         assert!(age >= Duration::from_secs(61));
     }
 
@@ -197,7 +218,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         // A tenant still in use is re-read: kept.
         let asked = tokio::time::Instant::now();
-        assert_eq!(generations.read(&tenant("t0"), 3, asked), (Generation::Known(3), true));
+        assert_eq!(
+            generations.read(&tenant("t0"), 3, asked),
+            (Generation::Known(3), true)
+        );
         tokio::time::advance(Duration::from_secs(31)).await;
         // The next new tenant, a minute on, sweeps the rest away.
         generations.read(&tenant("new"), 0, tokio::time::Instant::now());
@@ -213,7 +237,10 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         generations.set(&tenant("t1"), 5);
         // A read sent before the invalidation and answered after it.
-        assert_eq!(generations.read(&tenant("t1"), 4, asked), (Generation::Known(5), false));
+        assert_eq!(
+            generations.read(&tenant("t1"), 4, asked),
+            (Generation::Known(5), false)
+        );
     }
 
     #[test]
@@ -225,7 +252,8 @@ mod tests {
         generations.read(&tenant("t1"), 0, tokio::time::Instant::now());
         let second = generations.unknown();
         assert_ne!(second, first);
-        let keys = [first, second, Generation::Known(0), Generation::Known(1)].map(|g| g.local_key("k"));
+        let keys =
+            [first, second, Generation::Known(0), Generation::Known(1)].map(|g| g.local_key("k"));
         for (i, a) in keys.iter().enumerate() {
             assert!(keys[i + 1..].iter().all(|b| a != b), "{keys:?}");
         }

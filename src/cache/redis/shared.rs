@@ -548,14 +548,22 @@ where
         let name = self.query.name();
         let generation = self.cache.generation(tenant).await;
         let local_key = generation.local_key(&self.key);
-        let local = self.cache.local.stale(tenant, name, &local_key, self.policy);
+        let local = self
+            .cache
+            .local
+            .stale(tenant, name, &local_key, self.policy);
         if let Some(found) = local.await {
             return Some(found);
         }
         let generation = generation.known()?;
         let schema = Schema::of::<Q::Output>(self.schema);
-        let keys = self.cache.redis.keys(tenant, generation, name, &self.key, schema);
+        let keys = self
+            .cache
+            .redis
+            .keys(tenant, generation, name, &self.key, schema);
         let bytes = self.cache.redis.get(&keys.value).await??;
-        self.cache.redis.decode_within(&bytes, self.policy.keep_for(), name)
+        self.cache
+            .redis
+            .decode_within(&bytes, self.policy.keep_for(), name)
     }
 }
