@@ -206,8 +206,8 @@ impl RedisTier {
     /// this one's in-process tier within this long. Zero reads it on every
     /// load. A [`SharedCache`](super::SharedCache) forgets a generation
     /// read more than 60 checks ago (at least 1 s, at most 10 minutes), so
-    /// `Duration::MAX` re-reads a tenant's generation every 10 to 20
-    /// minutes.
+    /// `Duration::MAX` re-reads a tenant's generation only once the tenant
+    /// was forgotten: 10 minutes or more after the last read.
     ///
     /// # Examples
     ///
