@@ -7,6 +7,7 @@
 //! | [`QUERY_OUTCOMES`] `fanout_query_outcomes_total` | counter | `query`, `outcome` |
 //! | [`QUERY_DURATION`] `fanout_query_duration_seconds` | histogram | `query` |
 //! | [`FAN_OUT_DURATION`] `fanout_fan_out_duration_seconds` | histogram | none |
+//! | [`REDIS_DECODE_FAILURES`] `fanout_redis_decode_failures_total` | counter | `query` (feature `redis`) |
 //!
 //! `outcome` is the [`Source::label`](crate::Source::label) word (`fresh`,
 //! `error`, `timed_out`, `deadline_exceeded`, `panicked`,
@@ -43,6 +44,22 @@ pub const QUERY_DURATION: &str = "fanout_query_duration_seconds";
 ///
 /// See the [module](self) docs.
 pub const FAN_OUT_DURATION: &str = "fanout_fan_out_duration_seconds";
+
+/// Counter of values read from the Redis shared tier that did not decode as
+/// their query's type (each one a miss), labelled `query`; see
+/// [`RedisTier::decode_failures`](crate::cache::RedisTier::decode_failures).
+///
+/// # Examples
+///
+/// See the [module](self) docs.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub const REDIS_DECODE_FAILURES: &str = "fanout_redis_decode_failures_total";
+
+#[cfg(feature = "redis")]
+pub(crate) fn redis_decode_failed(query: &'static str) {
+    ::metrics::counter!(REDIS_DECODE_FAILURES, "query" => query).increment(1);
+}
 
 pub(crate) fn query_settled(query: &'static str, outcome: &'static str, elapsed: Duration) {
     ::metrics::counter!(QUERY_OUTCOMES, "query" => query, "outcome" => outcome).increment(1);

@@ -661,3 +661,612 @@ proptest! {
         })?;
     }
 }
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The events a tier logs about a failed Redis call (the WARN that opens
+/// an episode, or the DEBUG of a later failure).
+fn failed_calls(capture: &Capture) -> usize {
+    capture
+        .events()
+        .iter()
+        .filter(|e| e.field("namespace").is_some() && e.field("error").is_some())
+        .count()
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_retry_after_of_duration_max_never_tries_a_failing_redis_again() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let url = format!("redis://127.0.0.1:{}/", closed_port());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let ten_years = Duration::from_secs(10 * 365 * 24 * 3600);
+
+    // The default pause: after it, one query tries the dead Redis again.
+    let probing = RedisTier::connect_lazy(&url, &namespace("retry-default")).unwrap();
+    let query = instance(&probing, &Revenue::new(1), policy());
+    assert!(fan_out.run(&tenant("t1"), (&query,)).await.0.is_fresh());
+    assert_eq!(failed_calls(&capture), 1);
+    tokio::time::advance(ten_years).await;
+    assert!(fan_out.run(&tenant("t2"), (&query,)).await.0.is_fresh());
+    assert_eq!(failed_calls(&capture), 2, "{:#?}", capture.events());
+
+    // Duration::MAX: never again, however long the wait (no overflow).
+    let never = RedisTier::connect_lazy(&url, &namespace("retry-never"))
+        .unwrap()
+        .retry_after(Duration::MAX);
+    let query = instance(&never, &Revenue::new(1), policy());
+    for (round, id) in ["t1", "t2", "t3"].into_iter().enumerate() {
+        let (outcome,) = fan_out.run(&tenant(id), (&query,)).await;
+        assert!(outcome.is_fresh(), "round {round}: {:?}", outcome.source);
+        assert_eq!(failed_calls(&capture), 3, "round {round}");
+        tokio::time::advance(ten_years).await;
+    }
+}
+
+/// The value and lock keys in `namespace` (test-side view of Redis).
+async fn keys_matching(pattern: &str) -> Vec<String> {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+async fn redis_command<T: redis::FromRedisValue>(command: &mut redis::Cmd) -> T {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    command.query_async(&mut connection).await.unwrap()
+}
+
+/// Every setter at `Duration::MAX`: the longest waits, never a panic.
+fn at_max(redis: &RedisTier) -> RedisTier {
+    redis
+        .clone()
+        .call_timeout(Duration::MAX)
+        .lock_ttl(Duration::MAX)
+        .lock_wait(Duration::MAX)
+        .generation_check(Duration::MAX)
+        .retry_after(Duration::MAX)
+}
+
+#[tokio::test]
+async fn a_lock_wait_of_duration_max_waits_for_the_value_or_the_free_lock_within_the_deadline() {
+    let ns = namespace("lock-wait-max");
+    let redis = RedisTier::connect(&redis_url(), &ns).await.unwrap();
+    let patient = at_max(&RedisTier::connect(&redis_url(), &ns).await.unwrap());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(5));
+
+    // 1. The value comes: A holds the lock for its 300 ms query; B waits
+    //    for A's value, however long that takes, and runs nothing.
+    let (db_a, db_b) = (Revenue::new(300), Revenue::new(1));
+    let a = instance(&redis, &db_a, policy());
+    let b = instance(&patient, &db_b, policy());
+    let t1 = tenant("t1");
+    let computing = tokio::spawn({
+        let (fan_out, t1) = (fan_out.clone(), t1.clone());
+        async move { fan_out.run(&t1, (&a,)).await.0 }
+    });
+    sleep(Duration::from_millis(50)).await;
+    let (waited,) = fan_out.run(&t1, (&b,)).await;
+    let computed = computing.await.unwrap();
+    assert!(computed.is_fresh(), "{:?}", computed.source);
+    assert!(
+        matches!(waited.source, Source::Cached { .. }),
+        "{:?}",
+        waited.source
+    );
+    assert_eq!(waited.value, computed.value);
+    assert_eq!((db_a.runs(), db_b.runs()), (1, 0));
+
+    // 2. The lock is never released (its holder went away mid-query):
+    //    the caller's own timeout ends the wait, with the fallback.
+    let t2 = tenant("t2");
+    let (db_a, db_b) = (Revenue::new(60_000), Revenue::new(1));
+    let a = instance(&redis, &db_a, policy());
+    let b = instance(&patient, &db_b, policy());
+    let holder = tokio::spawn({
+        let t2 = t2.clone();
+        async move { FanOut::new().run(&t2, (&a,)).await }
+    });
+    sleep(Duration::from_millis(50)).await;
+    holder.abort();
+    assert_eq!(keys_matching(&format!("{ns}:lock:t2:*")).await.len(), 1);
+    let started = Instant::now();
+    let short = FanOut::new().timeout(Duration::from_millis(300));
+    let (bounded,) = short.run(&t2, (&b,)).await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(bounded.source, Source::Fallback(fanout::Failure::TimedOut)),
+        "{:?}",
+        bounded.source
+    );
+    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    assert_eq!(db_b.runs(), 0);
+
+    // 3. The lock is freed without a value: the waiter takes it and runs
+    //    the query itself.
+    let waiting = tokio::spawn({
+        let (fan_out, t2) = (fan_out.clone(), t2.clone());
+        async move { fan_out.run(&t2, (&b,)).await.0 }
+    });
+    sleep(Duration::from_millis(100)).await;
+    for lock in keys_matching(&format!("{ns}:lock:t2:*")).await {
+        redis_command::<()>(redis::cmd("DEL").arg(lock)).await;
+    }
+    let took_over = waiting.await.unwrap();
+    assert!(took_over.is_fresh(), "{:?}", took_over.source);
+    assert_eq!(took_over.value.tenant, "t2");
+}
+
+/// The same value type in two releases of a service. In production both
+/// are `app::Balance`, with one type name and so one fingerprint; here
+/// they are two types, and [`as_if_one_type`] moves the old release's bytes
+/// to the key the new one reads.
+mod release_1 {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    pub struct Balance {
+        pub revenue: i64,
+        pub cost: i64,
+    }
+}
+
+mod release_2 {
+    use serde::{Deserialize, Serialize};
+
+    /// Release 1's fields, reordered.
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    pub struct Balance {
+        pub cost: i64,
+        pub revenue: i64,
+    }
+
+    /// Release 1's `cost`, renamed.
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    pub struct Renamed {
+        pub revenue: i64,
+        pub costs: i64,
+    }
+}
+
+/// A value with an optional field left out when empty.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Annotated {
+    revenue: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    items: Vec<String>,
+}
+
+/// A query named `balance` returning a fixed value, counting its runs.
+#[derive(Clone)]
+struct Returns<T> {
+    value: T,
+    runs: Arc<AtomicUsize>,
+}
+
+impl<T> Returns<T> {
+    fn new(value: T) -> Self {
+        Self {
+            value,
+            runs: Arc::default(),
+        }
+    }
+
+    fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
+    }
+}
+
+impl<T: Clone + Default + Send + Sync> DashboardQuery for Returns<T> {
+    type Output = T;
+    type Error = Unavailable;
+
+    fn name(&self) -> &'static str {
+        "balance"
+    }
+
+    async fn run(&self, _ctx: QueryContext) -> Result<T, Unavailable> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(self.value.clone())
+    }
+
+    fn fallback(&self) -> T {
+        T::default()
+    }
+}
+
+/// A new instance (empty in-process tier) serving `query` through `redis`.
+fn fresh_instance<T>(redis: &RedisTier, query: &Returns<T>) -> SharedCached<Returns<T>>
+where
+    T: Clone,
+{
+    SharedCached::new(
+        query.clone(),
+        &SharedCache::new(&QueryCache::new(100), redis),
+        policy(),
+    )
+}
+
+/// The value keys in `ns`.
+async fn value_keys(ns: &str) -> Vec<String> {
+    keys_matching(&format!("{ns}:v2:*")).await
+}
+
+/// Makes every value key in `ns` hold `bytes`: as if the builds that wrote
+/// them shared one type name, so one key.
+async fn as_if_one_type(ns: &str, bytes: &[u8]) {
+    for key in value_keys(ns).await {
+        redis_command::<()>(redis::cmd("SET").arg(key).arg(bytes).arg("KEEPTTL")).await;
+    }
+}
+
+async fn stored_bytes(key: &str) -> Vec<u8> {
+    redis_command(redis::cmd("GET").arg(key)).await
+}
+
+fn decode_warnings(capture: &Capture) -> usize {
+    capture
+        .events()
+        .iter()
+        .filter(|e| e.level == Level::WARN && e.field("query") == Some("balance"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_value_stored_by_a_release_with_reordered_fields_reads_back_exactly() {
+    let ns = namespace("reordered");
+    let redis = RedisTier::connect(&redis_url(), &ns).await.unwrap();
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+    let stored = release_1::Balance {
+        revenue: 125_000,
+        cost: 40_000,
+    };
+    let old = Returns::new(stored.clone());
+    assert!(
+        fan_out
+            .run(&t1, (&fresh_instance(&redis, &old),))
+            .await
+            .0
+            .is_fresh()
+    );
+    let [old_key] = <[String; 1]>::try_from(value_keys(&ns).await).unwrap();
+    let old_bytes = stored_bytes(&old_key).await;
+
+    // Release 2 computes its own value under its own key ...
+    let new = Returns::new(release_2::Balance {
+        cost: 1,
+        revenue: 2,
+    });
+    fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
+    // ... and, were the type names one, would read release 1's bytes.
+    as_if_one_type(&ns, &old_bytes).await;
+    let (read,) = fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
+    assert!(
+        matches!(read.source, Source::Cached { .. }),
+        "{:?}",
+        read.source
+    );
+    assert_eq!(
+        read.value,
+        release_2::Balance {
+            cost: 40_000,
+            revenue: 125_000
+        },
+        "fields swapped"
+    );
+    assert_eq!(new.runs(), 1);
+    assert_eq!(redis.decode_failures(), 0);
+}
+
+#[tokio::test]
+async fn a_value_with_a_skipped_optional_field_reads_back_from_redis() {
+    let redis = RedisTier::connect(&redis_url(), &namespace("skipped"))
+        .await
+        .unwrap();
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let value = Annotated {
+        revenue: 125_000,
+        note: None,
+        items: vec!["invoices".to_owned()],
+    };
+    let db = Returns::new(value.clone());
+    let t1 = tenant("t1");
+    assert!(
+        fan_out
+            .run(&t1, (&fresh_instance(&redis, &db),))
+            .await
+            .0
+            .is_fresh()
+    );
+    // Another instance: from Redis, not a silent miss on every read.
+    let (read,) = fan_out.run(&t1, (&fresh_instance(&redis, &db),)).await;
+    assert!(
+        matches!(read.source, Source::Cached { .. }),
+        "{:?}",
+        read.source
+    );
+    assert_eq!(read.value, value);
+    assert_eq!(db.runs(), 1);
+    assert_eq!(redis.decode_failures(), 0);
+}
+
+#[tokio::test]
+async fn another_value_type_or_schema_version_never_reads_the_stored_value() {
+    let ns = namespace("fingerprint");
+    let redis = RedisTier::connect(&redis_url(), &ns).await.unwrap();
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+    let old = Returns::new(release_1::Balance {
+        revenue: 125_000,
+        cost: 40_000,
+    });
+    assert!(
+        fan_out
+            .run(&t1, (&fresh_instance(&redis, &old),))
+            .await
+            .0
+            .is_fresh()
+    );
+
+    // Another type under the same query name: its own key, its own value.
+    let new = Returns::new(release_2::Balance {
+        cost: 1,
+        revenue: 2,
+    });
+    let (other_type,) = fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
+    assert!(other_type.is_fresh(), "{:?}", other_type.source);
+    assert_eq!(other_type.value, new.value);
+    assert_eq!(value_keys(&ns).await.len(), 2);
+
+    // The same type under another schema version: the same.
+    let bumped = fresh_instance(&redis, &old).schema(1);
+    let (other_version,) = fan_out.run(&t1, (&bumped,)).await;
+    assert!(other_version.is_fresh(), "{:?}", other_version.source);
+    assert_eq!(old.runs(), 2);
+    // Each version reads its own.
+    for version in [0, 1] {
+        let (read,) = fan_out
+            .run(&t1, (&fresh_instance(&redis, &old).schema(version),))
+            .await;
+        assert!(
+            matches!(read.source, Source::Cached { .. }),
+            "{:?}",
+            read.source
+        );
+    }
+    assert_eq!((old.runs(), new.runs()), (2, 1));
+    assert_eq!(
+        redis.decode_failures(),
+        0,
+        "no bytes of another type were read"
+    );
+}
+
+#[tokio::test]
+async fn incompatible_bytes_under_the_same_key_are_a_counted_miss_with_one_warning() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let ns = namespace("incompatible");
+    let redis = RedisTier::connect(&redis_url(), &ns).await.unwrap();
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+    let old = Returns::new(release_1::Balance {
+        revenue: 125_000,
+        cost: 40_000,
+    });
+    assert!(
+        fan_out
+            .run(&t1, (&fresh_instance(&redis, &old),))
+            .await
+            .0
+            .is_fresh()
+    );
+    let [old_key] = <[String; 1]>::try_from(value_keys(&ns).await).unwrap();
+    let old_bytes = stored_bytes(&old_key).await;
+
+    // Release 2 renamed `cost` without bumping the schema version.
+    let renamed = release_2::Renamed {
+        revenue: 7,
+        costs: 8,
+    };
+    let new = Returns::new(renamed.clone());
+    fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
+    as_if_one_type(&ns, &old_bytes).await;
+    let (read,) = fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
+    assert!(read.is_fresh(), "a miss: the query ran: {:?}", read.source);
+    assert_eq!(read.value, renamed);
+    assert_eq!(new.runs(), 2);
+    assert_eq!(redis.decode_failures(), 1);
+    assert_eq!(decode_warnings(&capture), 1, "{:#?}", capture.events());
+
+    // Bytes that are not even MessagePack: a miss too; counted, and
+    // logged at DEBUG (one WARN per 30 s).
+    as_if_one_type(&ns, b"\xc1 not a value").await;
+    let (read,) = fan_out.run(&t1, (&fresh_instance(&redis, &new),)).await;
+    assert!(read.is_fresh(), "{:?}", read.source);
+    assert_eq!(read.value, renamed);
+    assert_eq!(redis.decode_failures(), 2);
+    assert_eq!(decode_warnings(&capture), 1);
+    let debug = capture
+        .events()
+        .iter()
+        .filter(|e| {
+            e.level == Level::DEBUG
+                && e.field("query") == Some("balance")
+                && e.field("error").is_some()
+        })
+        .count();
+    assert_eq!(debug, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn forgotten_tenants_free_their_memory_and_never_get_a_value_of_an_invalidated_generation() {
+    let mut own = OwnRedis::start();
+    let ns = namespace("forget");
+    // A 25 ms check: generations are remembered for 60 checks, 1.5 s.
+    let check = Duration::from_millis(25);
+    let redis_a = own.connect(&ns).await.generation_check(check);
+    let redis_b = own.connect(&ns).await.generation_check(check);
+    let db = Revenue::new(1);
+    let cache_a = SharedCache::new(&QueryCache::new(100), &redis_a);
+    let cache_b = SharedCache::new(&QueryCache::new(1_000), &redis_b);
+    let b = SharedCached::new(db.clone(), &cache_b, policy());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+
+    let (t1, t2) = (tenant("t1"), tenant("t2"));
+    let before_t1 = fan_out.run(&t1, (&b,)).await.0.value;
+    let before_t2 = fan_out.run(&t2, (&b,)).await.0.value;
+    let started = Instant::now();
+    for i in 0..50 {
+        fan_out.run(&tenant(&format!("other{i}")), (&b,)).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "too slow to test"
+    );
+    assert_eq!(cache_b.remembered_tenants(), 52);
+
+    // Past the memory: the next new tenant sweeps the others away. Their
+    // values are still in B's in-process tier (30 s TTL).
+    sleep(Duration::from_millis(1_600)).await;
+    fan_out.run(&tenant("newcomer"), (&b,)).await;
+    assert_eq!(cache_b.remembered_tenants(), 1);
+
+    // Both invalidated elsewhere.
+    cache_a.invalidate_tenant(&t1).await.unwrap();
+    cache_a.invalidate_tenant(&t2).await.unwrap();
+
+    // Redis up: B reads t1's new generation and recomputes.
+    let (after,) = fan_out.run(&t1, (&b,)).await;
+    assert!(after.is_fresh(), "{:?}", after.source);
+    assert_ne!(after.value.run, before_t1.run);
+
+    // Redis down: t2's generation is unknown; B does not fall back to the
+    // value it holds from before the invalidation.
+    own.kill();
+    let (after,) = fan_out.run(&t2, (&b,)).await;
+    assert!(after.is_fresh(), "{:?}", after.source);
+    assert_ne!(after.value.run, before_t2.run);
+    // A remembered tenant keeps its in-process values through the outage.
+    let (kept,) = fan_out.run(&t1, (&b,)).await;
+    assert!(
+        matches!(kept.source, Source::Cached { .. }),
+        "{:?}",
+        kept.source
+    );
+}
+
+/// How Redis goes away in [`redis_lost_while_waiting_on_another_instances_lock`].
+#[derive(Clone, Copy, Debug)]
+enum Loss {
+    Killed,
+    Hung,
+}
+
+/// Instance A holds a key's lock for its slow query; ten callers on
+/// instance B wait for A's value (lock wait 2 s) when Redis goes away. B
+/// stops waiting at its first failed call and runs the query once for all
+/// ten: no caller waits out the lock wait, none gets an error, and each
+/// tier logs one WARN.
+async fn redis_lost_while_waiting_on_another_instances_lock(loss: Loss) {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let ns = namespace("lost-while-waiting");
+    let mut own = None;
+    let hang = Arc::new(AtomicBool::new(false));
+    let url = match loss {
+        Loss::Killed => own.insert(OwnRedis::start()).url(),
+        Loss::Hung => {
+            let (upstream, _) = through_proxy(&redis_url(), 0);
+            let port = hanging_proxy(upstream, Arc::clone(&hang)).await;
+            through_proxy(&redis_url(), port).1
+        }
+    };
+    let connect = || async {
+        match &own {
+            Some(own) => own.connect(&ns).await,
+            None => RedisTier::connect(&url, &ns).await.unwrap(),
+        }
+    };
+    let (redis_a, redis_b) = (connect().await, connect().await);
+    let (db_a, db_b) = (Revenue::new(500), Revenue::new(QUERY_MS));
+    let a = instance(&redis_a, &db_a, policy());
+    let b = instance(&redis_b.lock_wait(Duration::from_secs(2)), &db_b, policy());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let t1 = tenant("t1");
+
+    let computing = tokio::spawn({
+        let (fan_out, t1) = (fan_out.clone(), t1.clone());
+        async move { fan_out.run(&t1, (&a,)).await.0 }
+    });
+    sleep(Duration::from_millis(50)).await;
+    let lose_at = Duration::from_millis(100);
+    let started = Instant::now();
+    let (waiters, ()) = tokio::join!(join_all((0..10).map(|_| fan_out.run(&t1, (&b,)))), async {
+        sleep(lose_at).await;
+        match loss {
+            Loss::Killed => own.as_mut().unwrap().kill(),
+            Loss::Hung => hang.store(true, Ordering::SeqCst),
+        }
+    });
+    let slowest = started.elapsed();
+
+    // Lost, then at most one poll interval and one call timeout, then B's
+    // own query.
+    let limit = lose_at
+        + Duration::from_millis(10)
+        + CALL_TIMEOUT
+        + Duration::from_millis(QUERY_MS)
+        + SLACK;
+    println!("Redis {loss:?} while waiting: slowest of ten callers {slowest:?} (limit {limit:?})");
+    assert!(slowest <= limit, "{slowest:?} > {limit:?}");
+    let fresh = waiters.iter().filter(|(o,)| o.is_fresh()).count();
+    for (outcome,) in &waiters {
+        assert!(
+            matches!(outcome.source, Source::Fresh | Source::Cached { .. }),
+            "{:?}",
+            outcome.source
+        );
+        assert_eq!(outcome.value.tenant, "t1");
+    }
+    assert_eq!(
+        (fresh, db_b.runs()),
+        (1, 1),
+        "one execution for ten callers"
+    );
+
+    // A finishes its query; storing it fails quietly.
+    let computed = computing.await.unwrap();
+    assert!(computed.is_fresh(), "{:?}", computed.source);
+    assert_eq!(
+        redis_warnings(&capture),
+        2,
+        "one WARN per tier: {:#?}",
+        capture.events()
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_redis_killed_while_waiting_on_another_instances_lock_ends_the_wait() {
+    redis_lost_while_waiting_on_another_instances_lock(Loss::Killed).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_redis_hung_while_waiting_on_another_instances_lock_ends_the_wait() {
+    redis_lost_while_waiting_on_another_instances_lock(Loss::Hung).await;
+}

@@ -1,5 +1,8 @@
-//! The value encoding: MessagePack of a value and when it was computed.
+//! The value encoding: MessagePack of a value and when it was computed,
+//! structs as maps of field names; and the [`Schema`] part of a value's key,
+//! which keeps one value type's entries apart from another's.
 
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -13,29 +16,61 @@ pub(super) fn now_ms() -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
-/// A value as stored: MessagePack of `[computed_at_ms, value]`.
+/// A value as stored: MessagePack of `[computed_at_ms, value]`, with a
+/// struct's fields as a map from their names (`to_vec_named`), so a build
+/// whose struct lists them in another order reads them back right, and a
+/// field left out (`skip_serializing_if`) is missing, not shifting the rest.
 pub(super) fn encode<T: Serialize>(
     value: &T,
     computed_at_ms: u64,
 ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    rmp_serde::to_vec(&(computed_at_ms, value))
+    rmp_serde::to_vec_named(&(computed_at_ms, value))
 }
 
-/// A stored value younger than `limit`, and its age. One that does not
-/// decode as a `T` (stored by another version of the service) is a miss.
+/// A stored value younger than `limit` and its age, `Ok(None)` for one
+/// older; an error for bytes that do not decode as a `T`.
 pub(super) fn decode_within<T: DeserializeOwned>(
     bytes: &[u8],
     limit: Duration,
-    query: &str,
-) -> Option<(T, Duration)> {
-    match rmp_serde::from_slice::<(u64, T)>(bytes) {
-        Ok((computed_at_ms, value)) => {
-            let age = Duration::from_millis(now_ms().saturating_sub(computed_at_ms));
-            (age < limit).then_some((value, age))
-        }
-        Err(error) => {
-            tracing::debug!(query, %error, "ignoring a shared cache value that does not decode");
-            None
+) -> Result<Option<(T, Duration)>, rmp_serde::decode::Error> {
+    let (computed_at_ms, value) = rmp_serde::from_slice::<(u64, T)>(bytes)?;
+    let age = Duration::from_millis(now_ms().saturating_sub(computed_at_ms));
+    Ok((age < limit).then_some((value, age)))
+}
+
+/// Which values a key may hold: a fingerprint of the value's type and the
+/// schema version the user gave ([`SharedCached::schema`]). Written in the
+/// key as `{fingerprint:016x}:{version}`, so a build that stores another
+/// type, or bumps the version, never reads the other's values.
+///
+/// [`SharedCached::schema`]: super::SharedCached::schema
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Schema {
+    fingerprint: u64,
+    version: u32,
+}
+
+impl Schema {
+    pub(super) fn of<T: ?Sized>(version: u32) -> Self {
+        Self {
+            fingerprint: fnv1a(std::any::type_name::<T>().as_bytes()),
+            version,
         }
     }
+}
+
+impl fmt::Display for Schema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}:{}", self.fingerprint, self.version)
+    }
+}
+
+/// 64-bit FNV-1a: every build and instance must agree on a type's
+/// fingerprint, and std's hashers promise no stable output.
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
 }

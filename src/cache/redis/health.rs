@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::RedisTierError;
 
 /// At most one WARN per tier in this long, however Redis flaps.
-const WARN_INTERVAL: Duration = Duration::from_secs(30);
+pub(super) const WARN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Whether Redis is failing, and when to try it again: a circuit breaker,
 /// and the one-WARN-per-episode log.
@@ -18,6 +18,8 @@ pub(super) struct Health(Mutex<HealthState>);
 #[derive(Default)]
 pub(super) struct HealthState {
     failing: bool,
+    /// While failing: when one call may try Redis again; `None` when the
+    /// pause does not end (`retry_after(Duration::MAX)`).
     retry_at: Option<Instant>,
     pub(super) warned_at: Option<Instant>,
 }
@@ -28,7 +30,8 @@ impl Health {
     }
 
     /// Whether to call Redis now: always while it works; while it fails,
-    /// once per `retry_after` (the call that finds the pause over).
+    /// once per `retry_after` (the call that finds the pause over), and
+    /// never again when `retry_after` is too long to add to now.
     pub(super) fn admits(&self, retry_after: Duration) -> bool {
         let mut state = self.state();
         if !state.failing {
@@ -36,11 +39,11 @@ impl Health {
         }
         let now = Instant::now();
         match state.retry_at {
-            Some(at) if now < at => false,
-            _ => {
-                state.retry_at = Some(now + retry_after);
+            Some(at) if now >= at => {
+                state.retry_at = now.checked_add(retry_after);
                 true
             }
+            _ => false,
         }
     }
 
@@ -57,7 +60,8 @@ impl Health {
     pub(super) fn failed(&self, namespace: &str, error: &RedisTierError, retry_after: Duration) {
         let mut state = self.state();
         let now = Instant::now();
-        state.retry_at = Some(now + retry_after);
+        // `Duration::MAX` overflows an Instant: it means "never".
+        state.retry_at = now.checked_add(retry_after);
         let warn = !state.failing
             && state
                 .warned_at

@@ -4,7 +4,9 @@
 //! See [`SharedCached`] for how the tiers work together.
 
 mod codec;
+mod decode_failures;
 mod error;
+mod generations;
 mod health;
 mod shared;
 mod tier;
@@ -21,13 +23,15 @@ mod tests {
     use serde::de::DeserializeOwned;
 
     use super::RedisTierError;
-    use super::codec::{decode_within, encode, now_ms};
+    use super::codec::{Schema, decode_within, encode, fnv1a, now_ms};
+    use super::generations::{Generation, Generations, keep_for};
     use super::health::Health;
     use super::tier::{MAX_PX_MS, escape, lock_token, px};
 
     fn round_trip<T: Serialize + DeserializeOwned>(value: &T) -> T {
         let bytes = encode(value, now_ms()).unwrap();
-        decode_within(&bytes, Duration::from_secs(60), "q")
+        decode_within(&bytes, Duration::from_secs(60))
+            .unwrap()
             .unwrap()
             .0
     }
@@ -60,17 +64,79 @@ mod tests {
         assert_eq!(round_trip(&Kind::Plain), Kind::Plain);
         let json = serde_json::json!({"total": 125000, "rows": [{"id": 1, "paid": true}], "note": null, "rate": 0.5});
         assert_eq!(round_trip(&json), json);
-        // Compact: a struct is an array, without field names.
-        assert!(encode(&stats, 0).unwrap().len() < 30);
+        // A struct is a map from its field names.
+        let bytes = encode(&stats, 0).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            ["count", "names", "ratio", "kind", "Tagged", "id"]
+                .iter()
+                .all(|name| text.contains(name)),
+            "{text}"
+        );
+    }
+
+    /// An older build's `Stats`: the same fields in another order, and a
+    /// field it leaves out when empty.
+    #[derive(serde::Serialize)]
+    struct OldStats {
+        kind: Kind,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ratio: Option<f64>,
+        names: Vec<String>,
+        count: u32,
+    }
+
+    #[test]
+    fn fields_decode_by_name_whatever_their_order_or_absence() {
+        let old = OldStats {
+            kind: Kind::Plain,
+            ratio: None,
+            names: vec!["x".into()],
+            count: 9,
+        };
+        let bytes = encode(&old, now_ms()).unwrap();
+        let (new, _) = decode_within::<Stats>(&bytes, Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+        let expected = Stats {
+            count: 9,
+            names: vec!["x".into()],
+            ratio: None,
+            kind: Kind::Plain,
+        };
+        assert_eq!(new, expected);
+    }
+
+    #[test]
+    fn the_type_fingerprint_is_stable_fnv1a_of_the_type_name() {
+        // The published FNV-1a 64 test vectors: any change here would make
+        // every build read none of the values the last one stored.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(Schema::of::<Stats>(0), Schema::of::<Stats>(0));
+        assert_ne!(Schema::of::<Stats>(0), Schema::of::<Stats>(1));
+        assert_ne!(Schema::of::<Stats>(0), Schema::of::<Kind>(0));
+        let fingerprint = fnv1a(std::any::type_name::<u64>().as_bytes());
+        assert_eq!(
+            Schema::of::<u64>(7).to_string(),
+            format!("{fingerprint:016x}:7")
+        );
     }
 
     #[test]
     fn a_value_of_another_shape_is_a_miss_and_an_old_one_too() {
         let bytes = encode(&"text".to_owned(), now_ms()).unwrap();
-        assert!(decode_within::<i64>(&bytes, Duration::from_secs(60), "q").is_none());
+        assert!(decode_within::<i64>(&bytes, Duration::from_secs(60)).is_err());
         let old = encode(&1_i64, now_ms() - 61_000).unwrap();
-        assert!(decode_within::<i64>(&old, Duration::from_secs(60), "q").is_none());
-        let (_, age) = decode_within::<i64>(&old, Duration::from_secs(120), "q").unwrap();
+        assert!(
+            decode_within::<i64>(&old, Duration::from_secs(60))
+                .unwrap()
+                .is_none()
+        );
+        let (_, age) = decode_within::<i64>(&old, Duration::from_secs(120))
+            .unwrap()
+            .unwrap();
         assert!(age >= Duration::from_secs(61));
     }
 
@@ -112,5 +178,87 @@ mod tests {
         // A second episode soon after the first: no second WARN.
         health.failed("ns", &error, pause);
         assert!(health.state().warned_at.unwrap().elapsed() >= pause);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_of_duration_max_never_tries_a_failing_redis_again() {
+        let health = Health::default();
+        let error = RedisTierError::timed_out("GET", Duration::from_millis(50));
+        assert!(health.admits(Duration::MAX));
+        health.failed("ns", &error, Duration::MAX);
+        for _ in 0..3 {
+            assert!(!health.admits(Duration::MAX));
+            tokio::time::advance(Duration::from_secs(100 * 365 * 24 * 3600)).await;
+        }
+        // A call that succeeds anyway (an explicit `generation`) ends it.
+        health.succeeded("ns");
+        assert!(health.admits(Duration::MAX));
+    }
+
+    fn tenant(id: &str) -> crate::TenantId {
+        crate::TenantId::new(id).unwrap()
+    }
+
+    #[test]
+    fn generations_are_kept_for_sixty_checks_within_bounds() {
+        assert_eq!(keep_for(Duration::from_secs(1)), Duration::from_secs(60));
+        assert_eq!(keep_for(Duration::from_millis(10)), Duration::from_secs(1));
+        assert_eq!(keep_for(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(keep_for(Duration::MAX), Duration::from_secs(600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_thousand_tenants_seen_once_are_forgotten_and_a_busy_one_kept() {
+        let generations = Generations::new(Duration::from_secs(1));
+        let asked = tokio::time::Instant::now();
+        for i in 0..10_000 {
+            generations.read(&tenant(&format!("t{i}")), 0, asked);
+        }
+        assert_eq!(generations.len(), 10_000);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        // A tenant still in use is re-read: kept.
+        let asked = tokio::time::Instant::now();
+        assert_eq!(
+            generations.read(&tenant("t0"), 3, asked),
+            (Generation::Known(3), true)
+        );
+        tokio::time::advance(Duration::from_secs(31)).await;
+        // The next new tenant, a minute on, sweeps the rest away.
+        generations.read(&tenant("new"), 0, tokio::time::Instant::now());
+        assert_eq!(generations.len(), 2);
+        assert_eq!(generations.get(&tenant("t0")).unwrap().generation, 3);
+        assert!(generations.get(&tenant("t1")).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_invalidation_made_here_wins_over_an_older_read() {
+        let generations = Generations::new(Duration::from_secs(1));
+        let asked = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        generations.set(&tenant("t1"), 5);
+        // A read sent before the invalidation and answered after it.
+        assert_eq!(
+            generations.read(&tenant("t1"), 4, asked),
+            (Generation::Known(5), false)
+        );
+    }
+
+    #[test]
+    fn each_period_without_a_known_generation_keys_its_own_values() {
+        let generations = Generations::new(Duration::from_secs(1));
+        let first = generations.unknown();
+        assert_eq!(generations.unknown(), first);
+        // Redis answers (for any tenant): the period is over.
+        generations.read(&tenant("t1"), 0, tokio::time::Instant::now());
+        let second = generations.unknown();
+        assert_ne!(second, first);
+        let keys =
+            [first, second, Generation::Known(0), Generation::Known(1)].map(|g| g.local_key("k"));
+        for (i, a) in keys.iter().enumerate() {
+            assert!(keys[i + 1..].iter().all(|b| a != b), "{keys:?}");
+        }
+        assert_eq!(Generation::Known(7).local_key("a:b").as_ref(), "7:a:b");
+        assert_eq!(Generation::Known(7).known(), Some(7));
+        assert_eq!(first.known(), None);
     }
 }

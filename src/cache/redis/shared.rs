@@ -1,15 +1,15 @@
 //! [`SharedCache`] and [`SharedCached`]: the in-process tier in front of Redis.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, sleep};
 
-use super::codec::{decode_within, encode, now_ms};
+use super::codec::{Schema, encode, now_ms};
+use super::generations::{Generation, Generations};
 use super::tier::{DEFAULT_LOCK_TTL, Keys, lock_token};
 use super::{RedisTier, RedisTierError};
 use crate::cache::{CachePolicy, LoadError, QueryCache};
@@ -22,9 +22,28 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// [`RedisTier`]: what [`SharedCached`] queries are served through.
 ///
 /// Cloning is cheap and shares both tiers. Make one per service and clone
-/// it; it remembers each tenant's generation as last read from Redis (one
-/// small entry per tenant), so that an invalidation made elsewhere reaches
-/// the in-process tier too.
+/// it.
+///
+/// # Generations
+///
+/// The in-process tier keys each value by its tenant's generation in
+/// Redis, so an invalidation made on another instance reaches this one's
+/// in-process tier too. A `SharedCache` remembers each tenant's generation
+/// as last read from Redis, and for how long:
+///
+/// - A load re-reads it once it is older than the tier's
+///   [`generation_check`](RedisTier::generation_check) (1 s by default).
+/// - While Redis is unavailable, loads use the last generation read, and
+///   the in-process tier keeps serving that generation's values.
+/// - A generation read more than 60 generation checks ago (at least 1 s, at
+///   most 10 minutes; a minute by default) is forgotten at the next sweep.
+///   Sweeps run when a new tenant is remembered, at most once per that
+///   period, so the memory held never exceeds one small entry per tenant
+///   read from Redis within the two periods before the newest one.
+/// - A forgotten tenant, while Redis is unavailable, has no known
+///   generation: its loads find only values computed since Redis became
+///   unavailable (or else run the query), never values of a generation
+///   that may since have been invalidated.
 ///
 /// # Examples
 ///
@@ -44,14 +63,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 pub struct SharedCache {
     local: QueryCache,
     redis: RedisTier,
-    seen: Arc<Mutex<HashMap<TenantId, Seen>>>,
-}
-
-/// A tenant's generation in Redis, and when it was read.
-#[derive(Clone, Copy)]
-struct Seen {
-    generation: u64,
-    at: Instant,
+    seen: Arc<Generations>,
 }
 
 impl SharedCache {
@@ -64,7 +76,7 @@ impl SharedCache {
         Self {
             local: local.clone(),
             redis: redis.clone(),
-            seen: Arc::default(),
+            seen: Arc::new(Generations::new(redis.generation_check)),
         }
     }
 
@@ -117,65 +129,58 @@ impl SharedCache {
         // between uses the old local key, which the bump then retires.
         let result = self.redis.invalidate_tenant(tenant).await;
         if let Ok(generation) = result {
-            self.seen_mut().insert(
-                tenant.clone(),
-                Seen {
-                    generation,
-                    at: Instant::now(),
-                },
-            );
+            self.seen.set(tenant, generation);
         }
         self.local.invalidate_tenant(tenant);
         result
     }
 
-    fn seen_mut(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Seen>> {
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    /// How many tenants' generations this instance remembers (see
+    /// [Generations](SharedCache#generations)): bounded by how many
+    /// tenants it served recently, not by how many it ever served.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use fanout::cache::{QueryCache, RedisTier, SharedCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let namespace = format!("doc-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
+    /// let cache = SharedCache::new(&QueryCache::new(100), &RedisTier::connect(&url, &namespace).await?);
+    /// assert_eq!(cache.remembered_tenants(), 0);
+    /// cache.invalidate_tenant(&fanout::TenantId::new("t1")?).await?;
+    /// assert_eq!(cache.remembered_tenants(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn remembered_tenants(&self) -> usize {
+        self.seen.len()
     }
 
     /// The tenant's generation in Redis, read at most once per
-    /// `generation_check`; the last one read while Redis is unavailable,
-    /// `None` if none was. A new generation invalidates the tenant in the
-    /// in-process tier.
-    async fn generation(&self, tenant: &TenantId) -> Option<u64> {
-        let known = self.seen_mut().get(tenant).copied();
+    /// `generation_check`; while Redis is unavailable, the last one read
+    /// if it is remembered, else [`Generation::Unknown`].
+    async fn generation(&self, tenant: &TenantId) -> Generation {
+        let known = self.seen.get(tenant);
         if let Some(seen) = known
             && seen.at.elapsed() < self.redis.generation_check
         {
-            return Some(seen.generation);
+            return Generation::Known(seen.generation);
         }
         let asked = Instant::now();
         let Some(generation) = self.redis.get_generation(tenant).await else {
-            return known.map(|seen| seen.generation);
+            return match known {
+                Some(seen) => Generation::Known(seen.generation),
+                None => self.seen.unknown(),
+            };
         };
-        let mut seen = self.seen_mut();
-        let now = Instant::now();
-        match seen.get_mut(tenant) {
-            // Newer news arrived while we asked (an invalidation here).
-            Some(latest) if latest.at > asked => Some(latest.generation),
-            Some(latest) => {
-                let changed = latest.generation != generation;
-                *latest = Seen {
-                    generation,
-                    at: now,
-                };
-                drop(seen);
-                if changed {
-                    self.local.invalidate_tenant(tenant);
-                }
-                Some(generation)
-            }
-            None => {
-                seen.insert(
-                    tenant.clone(),
-                    Seen {
-                        generation,
-                        at: now,
-                    },
-                );
-                Some(generation)
-            }
+        let (generation, changed) = self.seen.read(tenant, generation, asked);
+        if changed {
+            // Not needed for correctness (the generation is in the local
+            // key), but it retires the old values at once.
+            self.local.invalidate_tenant(tenant);
         }
+        generation
     }
 }
 
@@ -193,9 +198,29 @@ impl fmt::Debug for SharedCache {
 /// query's name, timeout and fallback, like [`Cached`](crate::cache::Cached).
 ///
 /// The value type must be `Clone` and serde's `Serialize` and
-/// `DeserializeOwned` (it is stored as MessagePack). A value stored by a
-/// build whose type has changed shape does not decode and counts as a miss;
-/// change the namespace along with such a type to keep versions apart.
+/// `DeserializeOwned` (it is stored as MessagePack).
+///
+/// # Values written by other builds
+///
+/// A value read from Redis is either what was stored for this value type
+/// or a miss (the query runs), never a value with its fields mixed up:
+///
+/// - Structs are stored with their field names, so a later build that
+///   reorders fields reads them right, one that adds an `Option` field (or
+///   one with `#[serde(default)]`) reads old values with it empty, one
+///   that removes a field ignores it, and fields left out by
+///   `#[serde(skip_serializing_if)]` read back.
+/// - The key holds a fingerprint of the value type's name
+///   (`std::any::type_name`), so a build whose query returns another type
+///   never reads this one's values. (The name may change with the
+///   compiler; then the values are misses once.)
+/// - The key holds the [`schema`](Self::schema) version, for what names
+///   cannot show: bump it when a field keeps its name but changes meaning,
+///   or a tuple struct's fields (stored by position) change.
+/// - Bytes that still do not decode (a renamed or retyped field under the
+///   same version) are a miss, counted by
+///   [`RedisTier::decode_failures`] and logged at WARN at most once per
+///   30 s.
 ///
 /// | found… | source |
 /// |--------|--------|
@@ -219,8 +244,13 @@ impl fmt::Debug for SharedCache {
 /// | key | holds |
 /// |-----|-------|
 /// | `{namespace}:gen:{tenant}` | the tenant's generation (missing = 0), `INCR`ed by [`SharedCache::invalidate_tenant`] |
-/// | `{namespace}:v1:{tenant}:{generation}:{query}:{key}` | a value and the wall-clock time it was computed (MessagePack), expiring after the policy's [`keep_for`](CachePolicy::keep_for) |
-/// | `{namespace}:lock:{tenant}:{generation}:{query}:{key}` | the lock of the instance computing that value (`SET NX PX`) |
+/// | `{namespace}:v2:{tenant}:{generation}:{query}:{key}:{type}:{schema}` | a value and the wall-clock time it was computed (MessagePack), expiring after the policy's [`keep_for`](CachePolicy::keep_for) |
+/// | `{namespace}:lock:{tenant}:{generation}:{query}:{key}:{type}:{schema}` | the lock of the instance computing that value (`SET NX PX`) |
+///
+/// `{type}` is the 64-bit FNV-1a hash of the value type's name, in 16 hex
+/// digits, and `{schema}` the [`schema`](SharedCached::schema) version.
+/// Version 0.1.0 wrote `v1` keys (structs without field names); they are
+/// never read, and expire.
 ///
 /// A `:` or `%` in the query name or key is written `%3A` or `%25`, and a
 /// tenant id has neither, so two tenants never share a key. Invalidation
@@ -288,6 +318,7 @@ pub struct SharedCached<Q> {
     cache: SharedCache,
     policy: CachePolicy,
     key: Arc<str>,
+    schema: u32,
 }
 
 impl<Q> SharedCached<Q> {
@@ -302,6 +333,7 @@ impl<Q> SharedCached<Q> {
             cache: cache.clone(),
             policy,
             key: Arc::from(""),
+            schema: 0,
         }
     }
 
@@ -326,6 +358,54 @@ impl<Q> SharedCached<Q> {
         self
     }
 
+    /// The version of the value's stored form (default 0), part of its
+    /// Redis key: values stored under another version are never read.
+    ///
+    /// Field names already keep reordered, added and optional fields
+    /// apart; bump the version when a change they cannot show ships: a
+    /// field that keeps its name but changes meaning (euros to cents) or
+    /// type, a renamed field, or reordered fields of a tuple struct. During
+    /// a rolling deploy, the old and new builds then each compute and read
+    /// their own values.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use fanout::cache::{CachePolicy, QueryCache, RedisTier, SharedCache, SharedCached};
+    /// # use fanout::{DashboardQuery, FanOut, QueryContext, Source, TenantId};
+    /// # struct Revenue;
+    /// # impl DashboardQuery for Revenue {
+    /// #     type Output = i64;
+    /// #     type Error = std::io::Error;
+    /// #     fn name(&self) -> &'static str { "total_revenue" }
+    /// #     async fn run(&self, _ctx: QueryContext) -> Result<i64, std::io::Error> { Ok(12_500_000) }
+    /// #     fn fallback(&self) -> i64 { 0 }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let namespace = format!("doc-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
+    /// let redis = RedisTier::connect(&url, &namespace).await?;
+    /// let policy = CachePolicy::ttl(Duration::from_secs(60));
+    /// let (fan_out, tenant) = (FanOut::new(), TenantId::new("t1")?);
+    /// let instance = || SharedCache::new(&QueryCache::new(100), &redis);
+    ///
+    /// // Release 1 stored euros; release 2 returns cents in the same type.
+    /// let euros = SharedCached::new(Revenue, &instance(), policy);
+    /// assert!(fan_out.run(&tenant, (&euros,)).await.0.is_fresh());
+    /// let cents = SharedCached::new(Revenue, &instance(), policy).schema(2);
+    /// let (outcome,) = fan_out.run(&tenant, (&cents,)).await;
+    /// assert!(outcome.is_fresh()); // not release 1's euros
+    /// let (outcome,) = fan_out.run(&tenant, (&SharedCached::new(Revenue, &instance(), policy).schema(2),)).await;
+    /// assert!(matches!(outcome.source, Source::Cached { .. })); // release 2's own value
+    /// # Ok(()) }
+    /// ```
+    pub fn schema(mut self, version: u32) -> Self {
+        self.schema = version;
+        self
+    }
+
     /// The wrapped query.
     ///
     /// # Examples
@@ -345,6 +425,7 @@ impl<Q> SharedCached<Q> {
             cache: self.cache.clone(),
             policy: self.policy,
             key: Arc::clone(&self.key),
+            schema: self.schema,
         }
     }
 }
@@ -365,12 +446,13 @@ where
             return self.query.run(ctx).await.map(Loaded::Fresh);
         };
         let name = self.query.name();
-        let keys = redis.keys(ctx.tenant(), generation, name, &self.key);
+        let schema = Schema::of::<Q::Output>(self.schema);
+        let keys = redis.keys(ctx.tenant(), generation, name, &self.key, schema);
         let ttl = self.policy.time_to_live();
         match redis.get(&keys.value).await {
             None => return self.run_and_store(ctx, &keys, None).await,
             Some(Some(bytes)) => {
-                if let Some((value, age)) = decode_within(&bytes, ttl, name) {
+                if let Some((value, age)) = redis.decode_within(&bytes, ttl, name) {
                     return Ok(Loaded::Cached { value, age });
                 }
             }
@@ -388,18 +470,22 @@ where
         }
         // Another instance is computing: wait a bounded time for its value,
         // or take over its lock if it gives up without one.
-        let until = Instant::now() + redis.lock_wait;
+        // No end (`Duration::MAX`): wait until the value or a free lock;
+        // the caller's timeout or deadline still bounds it.
+        let until = Instant::now().checked_add(redis.lock_wait);
         loop {
             let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            sleep(POLL_INTERVAL.min(until - now)).await;
+            let pause = match until {
+                Some(until) if now >= until => break,
+                Some(until) => POLL_INTERVAL.min(until - now),
+                None => POLL_INTERVAL,
+            };
+            sleep(pause).await;
             let Some((value, locked)) = redis.poll(&keys).await else {
                 break;
             };
             if let Some(bytes) = value
-                && let Some((value, age)) = decode_within(&bytes, ttl, name)
+                && let Some((value, age)) = redis.decode_within(&bytes, ttl, name)
             {
                 return Ok(Loaded::Cached { value, age });
             }
@@ -465,28 +551,37 @@ where
 
     async fn load(&self, ctx: QueryContext) -> Result<Loaded<Q::Output>, LoadError> {
         let generation = self.cache.generation(ctx.tenant()).await;
+        let local_key = generation.local_key(&self.key);
+        let known = generation.known();
         let this = self.handle();
         self.cache
             .local
-            .load_with(
-                self.query.name(),
-                &self.key,
-                self.policy,
-                ctx,
-                |ctx| async move { this.compute(ctx, generation).await },
-            )
+            .load_with(self.query.name(), &local_key, self.policy, ctx, |ctx| {
+                async move { this.compute(ctx, known).await }
+            })
             .await
     }
 
     async fn stale(&self, tenant: &TenantId) -> Option<(Q::Output, Duration)> {
         let name = self.query.name();
-        let local = self.cache.local.stale(tenant, name, &self.key, self.policy);
+        let generation = self.cache.generation(tenant).await;
+        let local_key = generation.local_key(&self.key);
+        let local = self
+            .cache
+            .local
+            .stale(tenant, name, &local_key, self.policy);
         if let Some(found) = local.await {
             return Some(found);
         }
-        let generation = self.cache.generation(tenant).await?;
-        let keys = self.cache.redis.keys(tenant, generation, name, &self.key);
+        let generation = generation.known()?;
+        let schema = Schema::of::<Q::Output>(self.schema);
+        let keys = self
+            .cache
+            .redis
+            .keys(tenant, generation, name, &self.key, schema);
         let bytes = self.cache.redis.get(&keys.value).await??;
-        decode_within(&bytes, self.policy.keep_for(), name)
+        self.cache
+            .redis
+            .decode_within(&bytes, self.policy.keep_for(), name)
     }
 }

@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisResult, cmd, pipe};
+use serde::de::DeserializeOwned;
 use tokio::time::timeout;
 
 use super::RedisTierError;
-use super::codec::now_ms;
+use super::codec::{Schema, decode_within, now_ms};
+use super::decode_failures::DecodeFailures;
 use super::health::Health;
 use crate::TenantId;
 
@@ -33,7 +35,8 @@ const RELEASE_LOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return
 /// limits every call runs under.
 ///
 /// Cloning is cheap and shares the connection (a redis-rs
-/// `ConnectionManager`, which reconnects by itself) and the tier's health.
+/// `ConnectionManager`, which reconnects by itself), the tier's health and
+/// its [`decode_failures`](Self::decode_failures) count.
 /// The settings and their defaults:
 ///
 /// | setting | default | what |
@@ -70,6 +73,7 @@ pub struct RedisTier {
     pub(super) generation_check: Duration,
     retry_after: Duration,
     health: Arc<Health>,
+    decode_failures: Arc<DecodeFailures>,
 }
 
 impl RedisTier {
@@ -142,11 +146,13 @@ impl RedisTier {
             generation_check: DEFAULT_GENERATION_CHECK,
             retry_after: DEFAULT_RETRY_AFTER,
             health: Arc::default(),
+            decode_failures: Arc::default(),
         }
     }
 
     /// The limit on every Redis call (default 50 ms); a call that takes
-    /// longer counts as a failure of the tier.
+    /// longer counts as a failure of the tier. `Duration::MAX` means no
+    /// limit.
     ///
     /// # Examples
     ///
@@ -182,6 +188,11 @@ impl RedisTier {
     /// that instance's value before running the query itself (default
     /// 250 ms). Set it above the query's usual latency.
     ///
+    /// `Duration::MAX` means no limit of its own: the instance waits until
+    /// the value arrives or the lock is free (then takes it and runs the
+    /// query), within the query's timeout and the fan-out's deadline as
+    /// always. The waiting stops early when Redis fails.
+    ///
     /// # Examples
     ///
     /// See [`RedisTier`].
@@ -193,7 +204,10 @@ impl RedisTier {
     /// How often an instance re-reads a tenant's generation from Redis
     /// (default 1 s): an invalidation made on another instance reaches
     /// this one's in-process tier within this long. Zero reads it on every
-    /// load.
+    /// load. A [`SharedCache`](super::SharedCache) forgets a generation
+    /// read more than 60 checks ago (at least 1 s, at most 10 minutes), so
+    /// `Duration::MAX` re-reads a tenant's generation only once the tenant
+    /// was forgotten: 10 minutes or more after the last read.
     ///
     /// # Examples
     ///
@@ -214,6 +228,12 @@ impl RedisTier {
 
     /// After a failed call, how long queries skip Redis before one call
     /// tries it again (default 1 s).
+    ///
+    /// `Duration::MAX` means never: once a call fails, queries never call
+    /// Redis again. Only [`generation`](Self::generation) and
+    /// [`invalidate_tenant`](Self::invalidate_tenant), which always call
+    /// it, can find it working again, and one that succeeds lets queries
+    /// use it again.
     ///
     /// # Examples
     ///
@@ -239,6 +259,31 @@ impl RedisTier {
     /// See [`RedisTier`].
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// How many values read from Redis did not decode as their query's
+    /// value type, since this tier was connected (clones share the count).
+    ///
+    /// Each was treated as a miss: the query ran and its value replaced
+    /// the one in Redis. A count that grows means two builds with
+    /// incompatible value types share keys: bump
+    /// [`SharedCached::schema`](super::SharedCached::schema) with such a
+    /// change. The first failure logs a WARN, then at most one per 30 s
+    /// (DEBUG in between); with the `metrics` feature each one also counts
+    /// in the counter `fanout_redis_decode_failures_total`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// let redis = fanout::cache::RedisTier::connect(&url, "dashboards").await?;
+    /// assert_eq!(redis.decode_failures(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn decode_failures(&self) -> u64 {
+        self.decode_failures.count()
     }
 
     /// The tenant's generation in Redis: how many times it was
@@ -304,11 +349,40 @@ impl RedisTier {
         format!("{}:gen:{tenant}", self.namespace)
     }
 
-    pub(super) fn keys(&self, tenant: &TenantId, generation: u64, query: &str, key: &str) -> Keys {
-        let rest = format!("{tenant}:{generation}:{}:{}", escape(query), escape(key));
+    pub(super) fn keys(
+        &self,
+        tenant: &TenantId,
+        generation: u64,
+        query: &str,
+        key: &str,
+        schema: Schema,
+    ) -> Keys {
+        let rest = format!(
+            "{tenant}:{generation}:{}:{}:{schema}",
+            escape(query),
+            escape(key)
+        );
         Keys {
-            value: format!("{}:v1:{rest}", self.namespace),
+            value: format!("{}:v2:{rest}", self.namespace),
             lock: format!("{}:lock:{rest}", self.namespace),
+        }
+    }
+
+    /// A value read from Redis, younger than `limit`, and its age; `None`
+    /// for one older, or one that does not decode as a `T` (counted and
+    /// logged: see [`decode_failures`](Self::decode_failures)).
+    pub(super) fn decode_within<T: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        limit: Duration,
+        query: &'static str,
+    ) -> Option<(T, Duration)> {
+        match decode_within(bytes, limit) {
+            Ok(found) => found,
+            Err(error) => {
+                self.decode_failures.record(&self.namespace, query, &error);
+                None
+            }
         }
     }
 
@@ -440,6 +514,7 @@ impl fmt::Debug for RedisTier {
             .field("lock_wait", &self.lock_wait)
             .field("generation_check", &self.generation_check)
             .field("retry_after", &self.retry_after)
+            .field("decode_failures", &self.decode_failures())
             .finish_non_exhaustive()
     }
 }
