@@ -123,7 +123,9 @@ fn bench_hits(c: &mut Criterion, rt: &Runtime) {
     let by_hand: moka::future::Cache<Key, Arc<i64>> = moka::future::Cache::new(10_000);
     rt.block_on(async {
         for name in NAMES {
-            by_hand.insert((tenant.clone(), 0, name), Arc::new(10)).await;
+            by_hand
+                .insert((tenant.clone(), 0, name), Arc::new(10))
+                .await;
         }
     });
 

@@ -117,11 +117,7 @@ fn settle_recording_starts(
     plan: &Plan,
     inputs: &[Input],
 ) -> (Vec<Settled<usize, usize>>, Vec<Duration>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let runtime = paused_runtime();
     let fan_out = fan_out(plan);
     let settled = runtime.block_on(async {
         STARTS.with(|starts| *starts.borrow_mut() = Some((Instant::now(), Vec::new())));
@@ -139,11 +135,7 @@ fn settle_recording_starts(
 }
 
 fn settle(plan: &Plan, inputs: &[Input]) -> Vec<Settled<usize, usize>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let runtime = paused_runtime();
     let fan_out = fan_out(plan);
     runtime.block_on(
         fan_out.settle(
@@ -183,6 +175,33 @@ fn expected_when_all_start_together(
     }
 }
 
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// The inputs, with never-ending ones made to succeed when nothing in the
+/// plan would stop them.
+fn stoppable(plan: &Plan, inputs: Vec<Input>) -> Vec<Input> {
+    let unbounded = plan.timeout.is_none() && plan.deadline.is_none();
+    inputs
+        .into_iter()
+        .map(|i| {
+            if i.kind == Kind::Never && unbounded {
+                Input {
+                    kind: Kind::Ok,
+                    ..i
+                }
+            } else {
+                i
+            }
+        })
+        .collect()
+}
+
 fn quiet_panics() {
     // The inputs panic on purpose; keep the test output readable.
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -209,13 +228,8 @@ proptest! {
         plan in plan(),
     ) {
         quiet_panics();
-        let mut inputs = inputs;
-        if plan.timeout.is_none() && plan.deadline.is_none() {
-            // Nothing would ever stop a never-ending input.
-            for input in &mut inputs {
-                if input.kind == Kind::Never { input.kind = Kind::Ok; }
-            }
-        }
+        // Nothing would ever stop a never-ending input.
+        let inputs = stoppable(&plan, inputs);
         let settled = settle(&plan, &inputs);
         prop_assert_eq!(settled.len(), inputs.len());
 
@@ -250,19 +264,8 @@ proptest! {
         plan in plan(),
     ) {
         quiet_panics();
-        let inputs: Vec<Input> = inputs
-            .into_iter()
-            .map(|i| if i.kind == Kind::Never && plan.timeout.is_none() && plan.deadline.is_none() {
-                Input { kind: Kind::Ok, ..i }
-            } else {
-                i
-            })
-            .collect();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let inputs = stoppable(&plan, inputs);
+        let runtime = paused_runtime();
         let fan_out = fan_out(&plan);
         let streamed: Vec<(usize, Settled<usize, usize>)> = runtime.block_on(
             fan_out
@@ -283,14 +286,7 @@ proptest! {
         plan in plan(),
     ) {
         quiet_panics();
-        let inputs: Vec<Input> = inputs
-            .into_iter()
-            .map(|i| if i.kind == Kind::Never && plan.timeout.is_none() && plan.deadline.is_none() {
-                Input { kind: Kind::Ok, ..i }
-            } else {
-                i
-            })
-            .collect();
+        let inputs = stoppable(&plan, inputs);
         let (settled, starts) = settle_recording_starts(&plan, &inputs);
         prop_assert_eq!(settled.len(), inputs.len());
         if let Some(deadline) = plan.deadline.map(Duration::from_millis) {

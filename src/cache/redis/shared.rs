@@ -556,9 +556,13 @@ where
         let this = self.handle();
         self.cache
             .local
-            .load_with(self.query.name(), &local_key, self.policy, ctx, |ctx| {
-                async move { this.compute(ctx, known).await }
-            })
+            .load_with(
+                self.query.name(),
+                &local_key,
+                self.policy,
+                ctx,
+                |ctx| async move { this.compute(ctx, known).await },
+            )
             .await
     }
 
