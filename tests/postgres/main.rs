@@ -14,16 +14,18 @@ mod widgets;
 mod pg;
 
 mod accuracy;
+mod clean_connection;
+mod hang_up;
 mod pool;
 mod timeouts;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use fanout::TenantId;
 use tokio_postgres::{Client, Config};
 
-pub use pg::{TENANTS, seeded};
+pub use pg::{TENANTS, database_url, seeded, seeded_at};
 
 pub async fn connect(config: &Config) -> Client {
     db::connect(config).await.unwrap_or_else(|e| panic!("{e}"))
@@ -92,5 +94,40 @@ pub async fn dashboard_values(
         invoice_stats: d.value,
         recent_payments: e.value,
         arrears: f.value,
+    }
+}
+
+/// Statements of `application` the server is running (or waiting on a
+/// lock for) whose text contains `text`.
+pub async fn active(monitor: &Client, application: &str, text: &str) -> i64 {
+    monitor
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = $1 AND state = 'active' AND strpos(query, $2) > 0",
+            &[&application, &text],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// How long after `since` the last statement of `application` containing
+/// `text` left the server, polling every 5 ms for up to `limit`; `None`
+/// if one is still there after `limit`.
+pub async fn drained(
+    monitor: &Client,
+    application: &str,
+    text: &str,
+    since: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    loop {
+        if active(monitor, application, text).await == 0 {
+            return Some(since.elapsed());
+        }
+        if since.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
