@@ -7,6 +7,8 @@ mod db;
 mod seed;
 #[path = "../../examples/dashboard/sql.rs"]
 mod sql;
+#[path = "../../examples/dashboard/throwaway_pg.rs"]
+mod throwaway_pg;
 #[path = "../../examples/dashboard/widgets.rs"]
 mod widgets;
 
@@ -16,7 +18,9 @@ mod pg;
 mod accuracy;
 mod clean_connection;
 mod hang_up;
+mod locked_table;
 mod pool;
+mod restart;
 mod timeouts;
 
 use std::time::{Duration, Instant};
