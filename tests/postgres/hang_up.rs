@@ -16,6 +16,7 @@ use crate::widgets::{self, Mode};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_hang_ups_leave_no_statement_running_and_the_pool_answers_at_once() {
     const APP: &str = "fanout-test-hang-up";
+    let _alone = crate::wall_clock().await;
     let config = crate::seeded(APP).await;
     let monitor = crate::connect(&crate::seeded("fanout-test-monitor").await).await;
     let pool = crate::pool(config, 10, Duration::from_secs(10));

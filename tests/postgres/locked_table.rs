@@ -16,6 +16,7 @@ const SCHEMA: &str = "fanout_test_locked";
 #[tokio::test]
 async fn a_locked_table_times_out_its_widgets_and_nothing_else() {
     const APP: &str = "fanout-test-locked";
+    let _alone = crate::wall_clock().await;
     let url = crate::database_url();
     let config = crate::seeded_at(&url, SCHEMA, 2, APP).await;
     let monitor =

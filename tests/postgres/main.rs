@@ -135,3 +135,13 @@ pub async fn drained(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Held by the tests that assert wall-clock bounds (hang-ups, the locked
+/// table, the restart) so that they do not compete with one another for a
+/// 2-core CI machine: each cancel request costs the server a fork (about
+/// 4 ms on PostgreSQL 15, one after another), and CPU contention stretches
+/// that.
+pub async fn wall_clock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}

@@ -44,6 +44,7 @@ impl Run {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_survive_a_database_restart_and_the_pool_recovers() {
+    let _alone = crate::wall_clock().await;
     let server = tokio::task::spawn_blocking(ThrowawayPostgres::start)
         .await
         .unwrap()
