@@ -142,8 +142,11 @@ pub const SERVER_GRACE: Duration = Duration::from_millis(25);
 /// // The connection is clean: no timeout left behind, no transaction open.
 /// let setting = client.query_one("SHOW statement_timeout", &[]).await?;
 /// assert_eq!(setting.get::<_, String>(0), "0");
-/// let outside = client.query_one("SELECT now() = statement_timestamp()", &[]).await?;
-/// assert!(outside.get::<_, bool>(0));
+/// // Inside a transaction, now() would be when it began. (Simple protocol:
+/// // one timestamp per statement.)
+/// let outside = client.simple_query("SELECT now() = statement_timestamp()").await?;
+/// use tokio_postgres::SimpleQueryMessage::Row;
+/// assert!(matches!(&outside[1], Row(row) if row.get(0) == Some("t")));
 ///
 /// // Dropped mid-statement: cancelled on the server, the connection free.
 /// let started = std::time::Instant::now();
