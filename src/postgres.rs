@@ -10,7 +10,7 @@
 //! - **Dropped: cancelled at once.** From its first poll until its statement
 //!   completes, the returned future holds a guard; dropping it sends a
 //!   cancel request for the connection (tokio-postgres's
-//!   [`CancelToken`](tokio_postgres::CancelToken)) from a task of its own.
+//!   [`CancelToken`]) from a task of its own.
 //!   The statement stops within milliseconds, whatever dropped it.
 //! - **Bounded by the server.** With a deadline in the [`QueryContext`], the
 //!   statement runs as
