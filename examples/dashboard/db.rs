@@ -20,12 +20,19 @@ pub fn config(url: &str, schema: &str) -> Result<Config, String> {
 
 /// A pool of at most `size` connections; a caller waits at most `wait` for
 /// one.
+///
+/// Recycled with `Verified`: an empty query on checkout, one round trip
+/// (about 0.1 ms locally). A connection whose query was dropped goes back to
+/// the pool at once while `fanout::postgres` cancels its statement; the
+/// round trip waits behind whatever is still queued on it, so the next user
+/// starts on an idle connection, and a connection the server closed is
+/// replaced rather than handed out.
 pub fn pool(config: Config, size: usize, wait: Duration) -> Result<Pool, String> {
     let manager = Manager::from_config(
         config,
         NoTls,
         ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+            recycling_method: RecyclingMethod::Verified,
         },
     );
     Pool::builder(manager)

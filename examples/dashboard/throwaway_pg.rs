@@ -138,6 +138,37 @@ impl ThrowawayPostgres {
         &self.url
     }
 
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m
+    /// immediate`): connections are cut, nothing is shut down cleanly. The
+    /// cluster stays; [`start_again`](Self::start_again) restarts it.
+    #[allow(dead_code)] // tests/postgres/restart.rs uses it; the example does not
+    pub fn stop_immediately(&mut self) -> Result<(), String> {
+        let mut stop = self.server_cmd("pg_ctl");
+        stop.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
+        run(&mut stop)?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// Starts a stopped cluster again on the same port, waiting until it
+    /// accepts connections (after crash recovery, if it was stopped
+    /// [immediately](Self::stop_immediately)).
+    #[allow(dead_code)] // as above
+    pub fn start_again(&mut self) -> Result<(), String> {
+        let mut start = self.server_cmd("pg_ctl");
+        start
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", "60", "start"]);
+        run(&mut start)?;
+        self.running = true;
+        Ok(())
+    }
+
     /// A command for a server-side binary, run as `postgres` when we are root.
     fn server_cmd(&self, program: &str) -> Command {
         let path = self.bin.join(program);

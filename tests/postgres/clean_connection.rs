@@ -1,0 +1,142 @@
+//! After every way a statement run through `fanout::postgres` can end, the
+//! same connection comes back clean (issue 9, item 5): `statement_timeout`
+//! at its default, no transaction open, and the next statement runs in full
+//! instead of being cancelled by a leftover timeout. Each test uses one
+//! connection, so a leak would reach the checks.
+//!
+//! The errors raised before the statement is sent (wrong parameter count,
+//! wrong parameter type) are the ones that leaked with the earlier
+//! `SET` · statement · `RESET` pipeline.
+
+use std::time::{Duration, Instant};
+
+use fanout::{QueryContext, TenantId};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+/// The deadline of the failing calls: short, so that a leaked
+/// `statement_timeout` (75 ms with the grace) cancels the check's statement.
+const SHORT: Duration = Duration::from_millis(50);
+
+fn ctx(deadline_in: Duration) -> QueryContext {
+    let deadline = tokio::time::Instant::now() + deadline_in;
+    QueryContext::new(TenantId::new("t1").unwrap(), Some(deadline))
+}
+
+async fn client(application: &str) -> Client {
+    crate::connect(&crate::seeded(application).await).await
+}
+
+/// Fails the test unless `client` is clean; `after` names what just failed.
+async fn assert_clean(client: &Client, after: &str) {
+    // Longer than any timeout the failed call set: a leftover cancels it.
+    let row = client
+        .query_one("SELECT 42 FROM pg_sleep(0.2)", &[])
+        .await
+        .unwrap_or_else(|e| panic!("after {after}: the next statement failed: {e:?}"));
+    assert_eq!(row.get::<_, i32>(0), 42, "after {after}");
+    let setting: String = client
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, "0", "after {after}: statement_timeout left set");
+    // Inside a transaction, now() is when it began, before this statement.
+    // The simple protocol: with the extended one, Bind and Execute stamp
+    // the statement separately and the two always differ.
+    let outside = client
+        .simple_query("SELECT now() = statement_timestamp()")
+        .await
+        .unwrap();
+    let outside = outside.iter().any(|message| {
+        matches!(message, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("t"))
+    });
+    assert!(outside, "after {after}: a transaction is still open");
+}
+
+#[tokio::test]
+async fn clean_after_a_wrong_parameter_count() {
+    let client = client("fanout-test-clean-count").await;
+    let statement = client.prepare("SELECT $1::int4").await.unwrap();
+    let error = fanout::postgres::query(&client, &ctx(SHORT), &statement, &[])
+        .await
+        .unwrap_err();
+    assert!(
+        error.as_db_error().is_none(),
+        "failed in the client: {error}"
+    );
+    assert_clean(&client, "a wrong parameter count").await;
+}
+
+#[tokio::test]
+async fn clean_after_a_parameter_of_the_wrong_type() {
+    let client = client("fanout-test-clean-type").await;
+    let statement = client.prepare("SELECT $1::int4").await.unwrap();
+    // An i64 for an int4: refused while encoding, before anything is sent.
+    let error = fanout::postgres::query_one(&client, &ctx(SHORT), &statement, &[&1_i64])
+        .await
+        .unwrap_err();
+    assert!(
+        error.as_db_error().is_none(),
+        "failed in the client: {error}"
+    );
+    assert_clean(&client, "a parameter of the wrong type").await;
+}
+
+#[tokio::test]
+async fn clean_after_a_statement_error() {
+    let client = client("fanout-test-clean-error").await;
+    let statement = client.prepare("SELECT 1 / $1::int4").await.unwrap();
+    let error = fanout::postgres::query(&client, &ctx(SHORT), &statement, &[&0_i32])
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::DIVISION_BY_ZERO), "{error:?}");
+    assert_clean(&client, "division by zero").await;
+}
+
+#[tokio::test]
+async fn clean_after_the_statement_timeout() {
+    let client = client("fanout-test-clean-timeout").await;
+    let statement = client.prepare("SELECT pg_sleep(5)").await.unwrap();
+    let error = fanout::postgres::query(&client, &ctx(SHORT), &statement, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED), "{error:?}");
+    assert_clean(&client, "the statement timeout").await;
+}
+
+#[tokio::test]
+async fn clean_and_free_after_a_drop_mid_statement() {
+    let client = client("fanout-test-clean-drop").await;
+    let statement = client.prepare("SELECT pg_sleep(5)").await.unwrap();
+    let started = Instant::now();
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        fanout::postgres::query(&client, &ctx(Duration::from_secs(10)), &statement, &[]),
+    )
+    .await;
+    assert!(dropped.is_err(), "still running when dropped");
+    assert_clean(&client, "a drop mid-statement").await;
+    // Cancelled, not run out: pg_sleep(5) would keep the checks waiting 5 s.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "the dropped statement ran on: the checks took {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn clean_after_success() {
+    let client = client("fanout-test-clean-ok").await;
+    let statement = client.prepare("SELECT $1::int4 + 1").await.unwrap();
+    let row = fanout::postgres::query_one(
+        &client,
+        &ctx(Duration::from_secs(5)),
+        &statement,
+        &[&41_i32],
+    )
+    .await
+    .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    assert_clean(&client, "a statement that succeeded").await;
+}
