@@ -119,7 +119,7 @@
 //! | feature    | adds |
 //! |------------|------|
 //! | `cache`    | [`cache`]: per-query TTL, one execution per (tenant, query) for concurrent callers, stale-if-error, `warm` (moka) |
-//! | `postgres` | [`postgres`]: run a tokio-postgres statement under the query's deadline, enforced by the server |
+//! | `postgres` | [`postgres`]: run a tokio-postgres statement under the query's deadline, enforced by the server, and cancelled on the server when the query is dropped |
 //! | `serde`    | [`dynamic`]: widget sets chosen at run time, values as `serde_json::Value` |
 //! | `metrics`  | [`metrics`]: query outcome counters and latency histograms through the `metrics` facade |
 //!
