@@ -120,6 +120,9 @@ impl<T, E, V> Ended<T, E, V> {
     }
 }
 
+type RunningOf<J> =
+    Running<<J as Job>::Future, <J as Job>::Ok, <J as Job>::Err, <J as Job>::Recover>;
+
 type EndedOf<J> = Ended<<J as Job>::Ok, <J as Job>::Err, <<J as Job>::Recover as Recover>::Value>;
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
@@ -130,7 +133,7 @@ pub(crate) struct Drive<It: Iterator, J: Job> {
     /// How many inputs were taken from the iterator: the number of results
     /// this fan-out yields, whatever the iterator's size hint said.
     seen: usize,
-    in_flight: FuturesUnordered<Running<J::Future, J::Ok, J::Err, J::Recover>>,
+    in_flight: FuturesUnordered<RunningOf<J>>,
     limit: usize,
     limiter: Option<Arc<Semaphore>>,
     acquiring: Option<Acquire>,

@@ -83,13 +83,10 @@ pub(crate) fn load<'q, Q: DashboardQuery>(
 }
 
 /// The query's stale value for `tenant`, looked up when first polled.
-pub(crate) fn lookup<'q, Q, T>(
-    query: &'q Q,
-    tenant: T,
-) -> impl Future<Output = Option<(Q::Output, Duration)>> + Send + 'q
+pub(crate) async fn lookup<Q, T>(query: &Q, tenant: T) -> Option<(Q::Output, Duration)>
 where
     Q: DashboardQuery,
-    T: std::borrow::Borrow<TenantId> + Send + 'q,
+    T: std::borrow::Borrow<TenantId>,
 {
-    async move { query.stale(tenant.borrow()).await }
+    query.stale(tenant.borrow()).await
 }

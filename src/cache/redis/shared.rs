@@ -236,8 +236,12 @@ impl fmt::Debug for SharedCache {
 /// [`RedisTier`]): queries are served by the in-process tier and the
 /// database as if there were no shared tier. The tier logs one WARN when
 /// Redis starts failing (at most one per 30 s) and one INFO when it answers
-/// again; a query's outcome is never an error because of Redis, and a
-/// dashboard is at most one call timeout slower.
+/// again; a query's outcome is never an error because of Redis, and a dead
+/// or hung Redis makes a dashboard at most one call timeout slower. A Redis
+/// that is slow but answers within the call timeout trips nothing: a widget
+/// missing from both tiers then makes up to four calls in a row (the
+/// tenant's generation, at most once per `generation_check`; the value; the
+/// lock; the store), each up to the call timeout.
 ///
 /// # Keys
 ///
