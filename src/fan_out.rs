@@ -395,8 +395,8 @@ impl FanOut {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), fanout::InvalidTenantId> {
-    /// let tenant = TenantId::new("t1")?;
-    /// let run = FanOut::new().run(&tenant, (NoFallback,));
+    /// let (fan_out, tenant) = (FanOut::new(), TenantId::new("t1")?);
+    /// let run = fan_out.run(&tenant, (NoFallback,));
     /// assert!(std::panic::AssertUnwindSafe(run).catch_unwind().await.is_err());
     /// # Ok(()) }
     /// ```
