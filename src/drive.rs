@@ -129,7 +129,7 @@ type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireE
 
 /// The engine: see the module docs.
 pub(crate) struct Drive<It: Iterator, J: Job> {
-    pending: Peekable<Enumerate<It>>,
+    pending: Contained<Peekable<Enumerate<It>>>,
     /// How many inputs were taken from the iterator: the number of results
     /// this fan-out yields, whatever the iterator's size hint said.
     seen: usize,
@@ -146,7 +146,9 @@ pub(crate) struct Drive<It: Iterator, J: Job> {
 
 /// Set on the first poll, when the fan-out starts.
 struct Clock {
-    started_at: Instant,
+    /// Whether the first poll is over: the inputs it starts are the only
+    /// ones that may start at the deadline (a zero deadline).
+    first_poll_done: bool,
     deadline_at: Option<Instant>,
     /// Per-item timeout for each input, unless it is folded into `shared`.
     per_item: Option<Duration>,
@@ -178,7 +180,7 @@ where
 {
     pub(crate) fn new(plan: &FanOut, jobs: It) -> Self {
         Self {
-            pending: jobs.enumerate().peekable(),
+            pending: Contained(Some(jobs.enumerate().peekable())),
             seen: 0,
             in_flight: FuturesUnordered::new(),
             limit: plan.concurrency_limit().map_or(usize::MAX, |n| n.get()),
@@ -213,7 +215,7 @@ where
             let timeout_at = self.timeout.and_then(|t| now.checked_add(t));
             let shared_at = earliest(timeout_at, deadline_at);
             return Clock {
-                started_at: now,
+                first_poll_done: false,
                 deadline_at,
                 per_item: None,
                 shared_at,
@@ -222,7 +224,7 @@ where
             };
         }
         Clock {
-            started_at: now,
+            first_poll_done: false,
             deadline_at,
             per_item: self.timeout,
             shared_at: deadline_at,
@@ -234,14 +236,16 @@ where
     /// Starts inputs while the limits allow; returns an input that settled
     /// without starting (the limiter was closed), if any.
     ///
-    /// Nothing starts at or after the deadline, except at the instant the
-    /// fan-out itself starts: then every input gets its first poll, so that
-    /// a ready input succeeds even under `deadline(Duration::ZERO)`, as
-    /// under a zero timeout. A slot that frees exactly at the deadline
-    /// starts nothing: that input would be cut off the moment it was sent.
+    /// Nothing starts at or after the deadline, except on the fan-out's
+    /// first poll: the inputs it starts get their first poll, so that a
+    /// ready input succeeds even under `deadline(Duration::ZERO)`, as under
+    /// a zero timeout. (A flag, not a clock comparison: on a paused or
+    /// coarse clock later polls can read the same instant.) A slot that
+    /// frees exactly at the deadline starts nothing: that input would be
+    /// cut off the moment it was sent.
     fn start_inputs(&mut self, now: Instant, cx: &mut Context<'_>) -> Option<EndedOf<J>> {
         let (deadline_at, per_item) = match &self.clock {
-            Some(clock) if now == clock.started_at || clock.deadline_at.is_none_or(|d| now < d) => {
+            Some(clock) if !clock.first_poll_done || clock.deadline_at.is_none_or(|d| now < d) => {
                 (clock.deadline_at, clock.per_item)
             }
             _ => return None,
@@ -266,8 +270,10 @@ where
                 break;
             };
             let expiry = job.timeout().or(per_item).and_then(|t| now.checked_add(t));
-            // Its own timer only when it would fire before the shared one.
-            let own_timer = expiry.filter(|&at| deadline_at.is_none_or(|d| at < d));
+            // Its own timer unless the shared one fires first. At a tie the
+            // own timer is kept, so the input is `TimedOut` whatever the
+            // limits, as when every input shares one timer.
+            let own_timer = expiry.filter(|&at| deadline_at.is_none_or(|d| at <= d));
             let name = job.name();
             let (input, recover) = job.start(earliest(expiry, deadline_at));
             self.in_flight.push(Running::new(
@@ -328,7 +334,11 @@ where
         if this.clock.is_none() {
             this.clock = Some(this.start_clock(now));
         }
-        if let Some(ended) = this.start_inputs(now, cx) {
+        let started = this.start_inputs(now, cx);
+        if let Some(clock) = this.clock.as_mut() {
+            clock.first_poll_done = true;
+        }
+        if let Some(ended) = started {
             return Poll::Ready(Some(ended));
         }
         // Inputs are polled before the shared timer, so an input that is
@@ -379,10 +389,14 @@ fn not_started<J: Job>(
     cx: &mut Context<'_>,
 ) -> EndedOf<J> {
     let name = job.name();
-    let stale = job
-        .skip()
-        .recover()
-        .and_then(|lookup| poll_once(lookup, cx));
+    // `skip` drops what never ran (a plain future): its `Drop` may panic.
+    let (settled, stale) = match catch_unwind(AssertUnwindSafe(|| job.skip())) {
+        Ok(recover) => (
+            settled,
+            recover.recover().and_then(|lookup| poll_once(lookup, cx)),
+        ),
+        Err(payload) => (Settled::Panicked(panic_message(&*payload)), None),
+    };
     Ended {
         index,
         name,
@@ -428,6 +442,38 @@ fn poll_permit(
     let permit = ready!(acquire.as_mut().poll(cx));
     *acquiring = None;
     Poll::Ready(permit)
+}
+
+/// The inputs not yet taken, dropped inside `catch_unwind` when a fan-out
+/// is dropped before it took them all: an iterator of ready-made futures
+/// (an array, a `Vec`) drops user futures, whose `Drop` may panic.
+struct Contained<T>(Option<T>);
+
+impl<T> std::ops::Deref for Contained<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0
+            .as_ref()
+            .expect("fanout bug: pending inputs used after drop")
+    }
+}
+
+impl<T> std::ops::DerefMut for Contained<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0
+            .as_mut()
+            .expect("fanout bug: pending inputs used after drop")
+    }
+}
+
+impl<T> Drop for Contained<T> {
+    fn drop(&mut self) {
+        let pending = &mut self.0;
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(pending.take()))) {
+            tracing::error!(error = %panic_message(&*payload), "input panicked while being dropped");
+        }
+    }
 }
 
 /// The earlier of two optional instants, `None` standing for "never".

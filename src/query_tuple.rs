@@ -57,7 +57,11 @@ impl<'q, Q: DashboardQuery> Slot<'q, Q> {
         let (settled, stale) = match (ended.settled, found) {
             (Settled::Ok(()), Some(Found::Loaded(loaded))) => (Settled::Ok(loaded), None),
             (Settled::Ok(()), _) => panic!("fanout bug: a tuple query ended Ok without a value"),
-            (failed, Some(Found::Stale(value, age))) => (failed_as(failed), Some((value, age))),
+            // The engine's word decides: a lookup whose `Drop` panicked
+            // filled the slot but counts as "no stale value".
+            (failed, Some(Found::Stale(value, age))) if ended.stale.is_some() => {
+                (failed_as(failed), Some((value, age)))
+            }
             (failed, _) => (failed_as(failed), None),
         };
         let end = QueryEnd {

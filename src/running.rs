@@ -93,9 +93,11 @@ where
     }
 
     /// Stops this input where it is, at the shared deadline or timeout:
-    /// an input still running is dropped and settles as `cause`, then its
-    /// stale lookup gets one poll (a lookup that is ready, such as an
-    /// in-process cache, still counts); whatever is not ready is dropped.
+    /// an input still running gets one last poll (it may have been woken
+    /// and not yet polled: `FuturesUnordered` yields to the scheduler
+    /// after a few self-wakes), and if it is still not ready it is dropped
+    /// and settles as `cause`; then its stale lookup gets one poll (a
+    /// lookup that is ready, such as an in-process cache, still counts).
     pub(crate) fn expire(
         self: Pin<&mut Self>,
         cause: Settled<T, E>,
@@ -103,8 +105,14 @@ where
         cx: &mut Context<'_>,
     ) -> Ended<T, E, R::Value> {
         let mut this = self;
-        if this.input.is_some() {
-            this.as_mut().input_ended(cause, now);
+        if let Some(input) = this.as_mut().project().input.as_pin_mut() {
+            let settled = match catch_unwind(AssertUnwindSafe(|| input.poll(cx))) {
+                Ok(Poll::Ready(Ok(value))) => Settled::Ok(value),
+                Ok(Poll::Ready(Err(error))) => Settled::Err(error),
+                Err(payload) => Settled::Panicked(panic_message(&*payload)),
+                Ok(Poll::Pending) => cause,
+            };
+            this.as_mut().input_ended(settled, now);
         }
         match this.as_mut().poll_lookup(cx, true) {
             Poll::Ready(ended) => ended,

@@ -540,3 +540,81 @@ async fn invalidated_tenants_are_forgotten_once_their_old_values_have_expired() 
     );
     assert_eq!(revenue.inner().runs(), 2);
 }
+
+/// A query whose first execution waits for a gate and returns the data as
+/// it was when it started; later executions return the data as it is.
+struct Versioned {
+    version: AtomicUsize,
+    gate: tokio::sync::Notify,
+    first: AtomicBool,
+}
+
+impl DashboardQuery for Versioned {
+    type Output = usize;
+    type Error = Unavailable;
+
+    fn name(&self) -> &'static str {
+        "total_revenue"
+    }
+
+    async fn run(&self, _ctx: QueryContext) -> Result<usize, Unavailable> {
+        let read = self.version.load(Ordering::SeqCst);
+        if self.first.swap(false, Ordering::SeqCst) {
+            self.gate.notified().await;
+        }
+        Ok(read)
+    }
+
+    fn fallback(&self) -> usize {
+        0
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_that_outlives_a_forgotten_invalidation_neither_stores_nor_takes_joiners() {
+    // A load with no deadline starts for t1 at generation 0; t1 is then
+    // invalidated, and stays quiet until its record is swept, which puts
+    // it back at generation 0. The old load must not hand its old value
+    // to anyone arriving after that, nor store it.
+    let cache = QueryCache::new(100);
+    let policy = CachePolicy::ttl(Duration::from_secs(5));
+    let revenue = Cached::new(
+        Versioned {
+            version: AtomicUsize::new(1),
+            gate: tokio::sync::Notify::new(),
+            first: AtomicBool::new(true),
+        },
+        &cache,
+        policy,
+    );
+    let fan_out = FanOut::new();
+    let t1 = tenant("t1");
+    let mut old = Box::pin(fan_out.run(&t1, (&revenue,)));
+    assert!(futures_util::poll!(old.as_mut()).is_pending());
+
+    cache.invalidate_tenant(&t1);
+    revenue.inner().version.store(2, Ordering::SeqCst);
+    // Records live 5 s (the longest keep_for stored so far is none: 0) plus
+    // a minute; well past that, other invalidations sweep t1's record.
+    advance(Duration::from_secs(120)).await;
+    for n in 0..64 {
+        cache.invalidate_tenant(&tenant(&format!("other-{n}")));
+    }
+    assert_eq!(cache.generation(&t1), 0, "t1's record was swept");
+
+    // A new caller does not join the old load (it would wait on the gate
+    // until its timeout): it loads the data as it is now.
+    let patient = FanOut::new().timeout(Duration::from_secs(10));
+    let (new,) = patient.run(&t1, (&revenue,)).await;
+    assert_eq!(new.value, 2);
+    assert!(new.is_fresh());
+
+    // The old load ends with its old value for its own caller only...
+    revenue.inner().gate.notify_waiters();
+    let (old,) = old.await;
+    assert_eq!(old.value, 1);
+    // ...and stored nothing: the next caller is served the new value.
+    let (next,) = fan_out.run(&t1, (&revenue,)).await;
+    assert_eq!(next.value, 2);
+    assert!(matches!(next.source, Source::Cached { .. }));
+}

@@ -140,17 +140,36 @@ async fn nothing_starts_when_a_slot_frees_exactly_at_the_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_zero_deadline_still_gives_every_input_its_first_poll() {
-    // As with a zero timeout: an input ready when first polled succeeds;
-    // the deadline is the fan-out's start, so all start then.
-    let fan_out = FanOut::new().deadline(Duration::ZERO).sequential();
-    let ready = [1, 2].map(|i| async move { Ok::<_, ()>(i) });
+async fn a_zero_deadline_still_gives_the_first_wave_its_first_poll() {
+    // As with a zero timeout: an input ready when first polled succeeds.
+    // Only the inputs the fan-out's first poll starts get that poll; with
+    // one slot, the second would start after the deadline, so it does not
+    // (the same in virtual time as in real time, where the clock moves).
+    let ready = || [1, 2].map(|i| async move { Ok::<_, ()>(i) });
+    let all_at_once = FanOut::new().deadline(Duration::ZERO);
     assert_eq!(
-        fan_out.settle(ready).await,
+        all_at_once.settle(ready()).await,
         [Settled::Ok(1), Settled::Ok(2)]
     );
-    let pending = fan_out
+    let one_slot = FanOut::new().deadline(Duration::ZERO).sequential();
+    assert_eq!(
+        one_slot.settle(ready()).await,
+        [Settled::Ok(1), Settled::DeadlineExceeded]
+    );
+    let pending = all_at_once
         .settle([std::future::pending::<Result<u8, ()>>()])
         .await;
     assert_eq!(pending, [Settled::DeadlineExceeded]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_that_ties_with_the_deadline_is_a_timeout_whatever_the_limits() {
+    let never = || (0..3).map(|_| std::future::pending::<Result<u8, ()>>());
+    let plain = FanOut::new()
+        .timeout(Duration::from_secs(1))
+        .deadline(Duration::from_secs(1));
+    let limited = plain.clone().concurrency(NonZeroUsize::new(3).unwrap());
+    let expected = [Settled::TimedOut, Settled::TimedOut, Settled::TimedOut];
+    assert_eq!(plain.settle(never()).await, expected);
+    assert_eq!(limited.settle(never()).await, expected);
 }

@@ -25,6 +25,8 @@ enum Fault {
     StaleCall,
     StalePoll,
     StaleDrop,
+    /// The lookup finds a value, then its future panics when dropped.
+    StaleFoundThenDrop,
     Fallback,
 }
 
@@ -74,9 +76,11 @@ impl DashboardQuery for Faulty {
                     Ok(7)
                 }
                 Fault::DropWhenCut => std::future::pending().await,
-                Fault::StaleCall | Fault::StalePoll | Fault::StaleDrop | Fault::Fallback => {
-                    Err(Failed)
-                }
+                Fault::StaleCall
+                | Fault::StalePoll
+                | Fault::StaleDrop
+                | Fault::StaleFoundThenDrop
+                | Fault::Fallback => Err(Failed),
                 Fault::None | Fault::Name | Fault::Timeout => Ok(7),
             }
         });
@@ -102,16 +106,19 @@ impl DashboardQuery for Faulty {
             panic!("stale exploded");
         }
         let fault = self.fault;
-        async move {
+        let bomb = (fault == Fault::StaleFoundThenDrop).then_some(Bomb("stale dropped"));
+        let work = Box::pin(async move {
             match fault {
                 Fault::StalePoll => panic!("stale poll exploded"),
                 Fault::StaleDrop => {
                     let _bomb = Bomb("stale dropped");
                     std::future::pending().await
                 }
+                Fault::StaleFoundThenDrop => Some((9, Duration::from_secs(60))),
                 _ => None,
             }
-        }
+        });
+        Armed { work, _bomb: bomb }
     }
 }
 
@@ -132,6 +139,20 @@ impl<F: Future> Future for Armed<F> {
     }
 }
 
+/// The panics the tests plant; any other panic (a failed assertion) is
+/// printed as usual.
+const PLANTED: [&str; 9] = [
+    "name exploded",
+    "timeout exploded",
+    "dropped after success",
+    "dropped when cut",
+    "dropped unstarted",
+    "stale exploded",
+    "stale poll exploded",
+    "stale dropped",
+    "fallback exploded",
+];
+
 fn quiet_panics() {
     // The hooks panic on purpose; keep the test output readable.
     static ONCE: Once = Once::new();
@@ -143,7 +164,7 @@ fn quiet_panics() {
                 .downcast_ref::<&str>()
                 .map(|m| m.to_string())
                 .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .is_some_and(|m| m.contains("exploded") || m.contains("dropped"));
+                .is_some_and(|m| PLANTED.contains(&m.as_str()));
             if !planted {
                 default(info);
             }
@@ -212,7 +233,12 @@ async fn a_future_whose_drop_panics_fails_only_its_query() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stale_lookup_that_panics_means_no_stale_value() {
-    for fault in [Fault::StaleCall, Fault::StalePoll, Fault::StaleDrop] {
+    for fault in [
+        Fault::StaleCall,
+        Fault::StalePoll,
+        Fault::StaleDrop,
+        Fault::StaleFoundThenDrop,
+    ] {
         let (source, value) = beside_a_sibling(fault).await;
         assert!(
             matches!(source, Source::Fallback(Failure::Error(_))),
@@ -283,4 +309,46 @@ async fn dropping_a_fan_out_whose_inputs_panic_on_drop_does_not_panic() {
     let mut run = Box::pin(run);
     assert!(futures_util::poll!(run.as_mut()).is_pending());
     drop(run);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_never_started_input_whose_drop_panics_is_contained() {
+    quiet_panics();
+    // Sequential under a 1 s deadline: the second input never starts, and
+    // dropping it unstarted panics.
+    let slow = async {
+        sleep(Duration::from_secs(2)).await;
+        Ok::<u8, ()>(1)
+    }
+    .boxed();
+    let unstarted = Armed {
+        work: Box::pin(async { Ok::<u8, ()>(2) }),
+        _bomb: Some(Bomb("dropped unstarted")),
+    }
+    .boxed();
+    let settled = FanOut::new()
+        .deadline(Duration::from_secs(1))
+        .sequential()
+        .settle([slow, unstarted])
+        .await;
+    assert_eq!(
+        settled,
+        [
+            Settled::DeadlineExceeded,
+            Settled::Panicked("dropped unstarted".into())
+        ]
+    );
+
+    // A fan-out dropped before it started them drops them too: logged, not
+    // propagated.
+    let waiting = Armed {
+        work: Box::pin(async { Ok::<u8, ()>(3) }),
+        _bomb: Some(Bomb("dropped unstarted")),
+    }
+    .boxed();
+    let first = async { std::future::pending::<Result<u8, ()>>().await }.boxed();
+    let fan_out = FanOut::new().sequential();
+    let mut settle = Box::pin(fan_out.settle([first, waiting]));
+    assert!(futures_util::poll!(settle.as_mut()).is_pending());
+    drop(settle);
 }

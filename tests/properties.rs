@@ -302,6 +302,21 @@ proptest! {
     }
 
     #[test]
+    fn a_limit_that_never_binds_changes_nothing(
+        inputs in proptest::collection::vec(input(), 0..16),
+        plan in plan(),
+    ) {
+        // With a concurrency limit of at least the number of inputs, every
+        // input still starts at once, but each gets its own timer: the
+        // results, exact ties included, must be those of the shared timer.
+        quiet_panics();
+        let inputs = stoppable(&plan, inputs);
+        let unlimited = Plan { concurrency: None, limiter: None, ..plan.clone() };
+        let roomy = Plan { concurrency: Some(inputs.len().max(1)), limiter: None, ..plan };
+        prop_assert_eq!(settle(&unlimited, &inputs), settle(&roomy, &inputs));
+    }
+
+    #[test]
     fn sequential_gives_the_same_results_as_concurrent(
         inputs in proptest::collection::vec(input(), 0..16),
     ) {

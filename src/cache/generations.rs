@@ -95,7 +95,10 @@ impl Generations {
         records.by_tenant.len()
     }
 
-    fn record_lifetime(&self) -> Duration {
+    /// How long a record is kept after its tenant's last invalidation. A
+    /// load older than this may have started before an invalidation whose
+    /// record is gone: it must neither store its value nor take joiners.
+    pub(super) fn record_lifetime(&self) -> Duration {
         Duration::from_millis(self.longest_keep_ms.load(Ordering::Relaxed)).saturating_add(SLACK)
     }
 }

@@ -84,6 +84,7 @@ type Load<V> = Shared<BoxFuture<'static, LoadResult<V>>>;
 /// keep it alive (the waiters do).
 struct InFlight<V> {
     id: u64,
+    started_at: Instant,
     deadline: Option<Instant>,
     load: WeakShared<BoxFuture<'static, LoadResult<V>>>,
 }
@@ -121,17 +122,25 @@ where
     /// whether this caller started it. The load is bounded by `deadline`
     /// (the starting caller's), catches its own panics and leaves the
     /// table when it ends or is dropped.
+    ///
+    /// A load older than `max_age` takes no joiners: a new one is started
+    /// (the old one goes on for its own waiters).
     pub(super) fn join_or_start<F>(
         self: &Arc<Self>,
         key: &K,
         deadline: Option<Instant>,
+        max_age: std::time::Duration,
         start: impl FnOnce() -> F,
     ) -> Joined<V>
     where
         F: Future<Output = Result<Fetched<V>, LoadError>> + Send + 'static,
     {
         let mut in_flight = self.lock();
+        let now = Instant::now();
         if let Some(joined) = in_flight.get(key).and_then(|known| {
+            if now.saturating_duration_since(known.started_at) >= max_age {
+                return None;
+            }
             Some(Joined {
                 load: known.load.upgrade()?,
                 started_here: false,
@@ -173,6 +182,7 @@ where
             .expect("a load not yet polled has not ended");
         let known = InFlight {
             id,
+            started_at: now,
             deadline,
             load: weak,
         };

@@ -244,7 +244,8 @@ impl QueryCache {
         let deadline = ctx.deadline();
         let mut start = Some((ctx, compute));
         let (fetched, started_here) = loop {
-            let joined = self.inner.loads.join_or_start(&key, deadline, || {
+            let max_age = self.inner.generations.record_lifetime();
+            let joined = self.inner.loads.join_or_start(&key, deadline, max_age, || {
                 let (ctx, compute) = start.take().expect("a caller starts at most one load");
                 let inner = Arc::clone(&self.inner);
                 let key = key.clone();
@@ -304,6 +305,7 @@ impl Inner {
         E: std::error::Error + Send + Sync + 'static,
         W: Future<Output = Result<Loaded<T>, E>>,
     {
+        let started = Instant::now();
         if let Some(entry) = self.entries.get(&key).await
             && entry.value_within::<T>(ttl).is_some()
         {
@@ -323,8 +325,11 @@ impl Inner {
             stored_at: now.checked_sub(age).unwrap_or(now),
             keep_for: policy.keep_for().saturating_sub(age),
         };
-        // A tenant invalidated while this load ran keeps none of it.
-        if self.generation_of(&key.tenant) == key.generation {
+        // A tenant invalidated while this load ran keeps none of it. A load
+        // that ran longer than a generation record lives may have outlived
+        // the record of an invalidation: it keeps none of it either.
+        let fresh_enough = started.elapsed() < self.generations.record_lifetime();
+        if fresh_enough && self.generation_of(&key.tenant) == key.generation {
             self.generations.stored(entry.keep_for);
             self.entries.insert(key, entry.clone()).await;
         }
