@@ -10,8 +10,11 @@
 //! - **Dropped: cancelled at once.** From its first poll until its statement
 //!   completes, the returned future holds a guard; dropping it sends a
 //!   cancel request for the connection (tokio-postgres's
-//!   [`CancelToken`]) from a task of its own.
-//!   The statement stops within milliseconds, whatever dropped it.
+//!   [`CancelToken`](tokio_postgres::CancelToken)) from a task of its own.
+//!   The statement stops within milliseconds, whatever dropped it. A
+//!   statement that already finished, its answer waiting for a future
+//!   nobody polled (a stream feeding a slow client, a parked cache load),
+//!   is not cancelled: the drop looks at the answer first.
 //! - **Bounded by the server.** With a deadline in the [`QueryContext`], the
 //!   statement runs as
 //!   `BEGIN; SET LOCAL statement_timeout = N` · statement · `COMMIT`, with
@@ -58,15 +61,34 @@
 //!   cancel without TLS fails, and the statement runs on until its
 //!   `statement_timeout`. Pass your TLS connector to [`query_with_tls`] and
 //!   [`query_one_with_tls`] to send the cancel request over TLS.
-//! - **The race.** Cancellation is best effort. If the statement finishes
-//!   just as the future is dropped, the cancel request can reach the server
-//!   after it and stop whatever that backend runs next: the helper's
-//!   `COMMIT` (harmless for a read; a write is then rolled back), or the
-//!   next statement of whoever took the connection from the pool, which then
-//!   fails with SQLSTATE `57014` (`canceling statement due to user request`)
-//!   and falls back like any failed query. The window is the time the cancel
-//!   request takes to reach the server, well under a millisecond on a local
-//!   network.
+//! - **The race.** Cancellation is best effort. The cancel request goes to
+//!   the backend, not to a statement: if the statement finishes between the
+//!   drop and the request's arrival (or had finished, its answer still on
+//!   the wire, or larger than the few socket reads tokio-postgres buffers
+//!   ahead of its reader), the request stops whatever that backend runs
+//!   next. The helper makes that harmless for the connection: with a
+//!   deadline, a drop that cancels also queues `ROLLBACK` on the
+//!   connection, behind the helper's `COMMIT` and before anything the
+//!   connection's next user sends. A cancel request interrupts one
+//!   statement, the first it finds running (a backend waiting for a command
+//!   discards it), so: if it hits `COMMIT`, which leaves the transaction
+//!   open and aborted, the `ROLLBACK` closes it; if it hits the `ROLLBACK`,
+//!   `COMMIT` went through and there is nothing to close (a `ROLLBACK`
+//!   outside a transaction only warns). The connection never goes back to
+//!   its pool inside a transaction. What is left: a write that finished
+//!   just as its query was dropped can be rolled back (its caller never
+//!   learned it succeeded), and a request arriving after the `ROLLBACK`,
+//!   while the next user's first statement runs, fails that statement with
+//!   SQLSTATE `57014` (`canceling statement due to user request`), which
+//!   falls back like any failed query. The window is the time the cancel
+//!   request takes to reach the server (a new connection and, on the
+//!   server, a fork: a few milliseconds on a local network) less the time
+//!   the `ROLLBACK` and the pool's checkout take.
+//! - **A `ToSql` that panics** reaches the caller, after the helper has sent
+//!   `COMMIT`. (tokio-postgres 0.7 leaves the half-encoded statement in the
+//!   client's write buffer, so that `COMMIT` goes out malformed and the
+//!   server closes the connection, rolling the transaction back; a pool
+//!   then replaces it.)
 //! - **Pools: recycle with a round trip.** A dropped query's connection goes
 //!   back to the pool at once, while its statement is still being cancelled.
 //!   deadpool-postgres's `RecyclingMethod::Verified` runs an empty query on
@@ -77,13 +99,18 @@
 //!   (requests on a connection run in order) but the next user's first
 //!   statement can wait a few milliseconds behind it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::panic::{AssertUnwindSafe, resume_unwind};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::join3;
+use futures_util::task::noop_waker_ref;
+use pin_project_lite::pin_project;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{CancelToken, Client, Error, NoTls, Row, Socket, Statement};
+use tokio_postgres::{Client, Error, NoTls, Row, Socket, Statement};
 
 use crate::QueryContext;
 
@@ -165,9 +192,12 @@ pub const SERVER_GRACE: Duration = Duration::from_millis(25);
 ///
 /// Dropping the returned future before it completes sends a cancel request
 /// for its statement from a spawned task (when dropped inside a Tokio
-/// runtime; outside one, only the server-side timeout stops it). Everything
-/// the helper sends goes out on its first poll, so the transaction is always
-/// closed and the connection can go back to its pool at once.
+/// runtime; outside one, only the server-side timeout stops it), unless the
+/// statement's answer has already arrived; with a deadline, it also queues
+/// `ROLLBACK`, in case the cancel request lands on the helper's `COMMIT`
+/// (see the [module](self) docs). Everything the helper sends goes out on
+/// its first poll or in the drop, so the transaction is always closed and
+/// the connection can go back to its pool at once.
 pub async fn query(
     client: &Client,
     ctx: &QueryContext,
@@ -323,13 +353,10 @@ where
     M::TlsConnect: Send + Sync,
     <M::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
-    // Armed from here, the first poll: from now on the statement may be on
-    // the wire. Taken before sending, so no await stands between the two.
-    let guard = CancelOnDrop::new(client.cancel_token(), tls);
     let Some(remaining) = ctx.remaining() else {
-        let result = statement.await;
-        guard.disarm();
-        return result;
+        // No transaction of ours: nothing for a late cancel to break but
+        // the statement itself, so no `ROLLBACK` either.
+        return CancelOnDrop::new(client, statement, tls, false).await;
     };
     let begin = format!(
         "BEGIN; SET LOCAL statement_timeout = {}",
@@ -337,11 +364,11 @@ where
     );
     // Disarmed as soon as the statement itself is done: a cancel sent while
     // only `COMMIT` is outstanding could roll back a write that succeeded.
-    let statement = async {
-        let result = statement.await;
-        guard.disarm();
-        result
-    };
+    // A `ToSql` that panics while the statement is encoded is caught here
+    // and raised again below, once `COMMIT` has been sent: unwinding out of
+    // this first poll would leave the transaction open.
+    let statement =
+        AssertUnwindSafe(CancelOnDrop::new(client, statement, tls, true)).catch_unwind();
     // `join3`, not `try_join3`: each request is sent on its first poll, and
     // `try_join3` stops polling at the first error, which could leave the
     // transaction open. Polled together, all three are sent in order before
@@ -352,6 +379,7 @@ where
         client.batch_execute("COMMIT"),
     )
     .await;
+    let value = value.unwrap_or_else(|panic| resume_unwind(panic));
     // A failed `BEGIN` explains a failed statement, so it comes first.
     begun?;
     let value = value?;
@@ -359,72 +387,149 @@ where
     Ok(value)
 }
 
-/// Sends a cancel request for its connection when dropped while armed.
-struct CancelOnDrop<M>
-where
-    M: MakeTlsConnect<Socket> + Send + Sync + 'static,
-    M::Stream: Send + Sync,
-    M::TlsConnect: Send + Sync,
-    <M::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
-    token: CancelToken,
-    /// Taken by the first drop that cancels; `Option` so `Drop` can move it.
-    tls: Option<M>,
-    armed: AtomicBool,
-}
-
-impl<M> CancelOnDrop<M>
-where
-    M: MakeTlsConnect<Socket> + Send + Sync + 'static,
-    M::Stream: Send + Sync,
-    M::TlsConnect: Send + Sync,
-    <M::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
-    fn new(token: CancelToken, tls: M) -> Self {
-        Self {
-            token,
-            tls: Some(tls),
-            armed: AtomicBool::new(true),
-        }
+pin_project! {
+    /// The statement's request, cancelled on the server when dropped after
+    /// it was sent and before its result arrived.
+    ///
+    /// Armed while the statement is sent and unanswered: from a first poll
+    /// that returned `Pending` until a poll returns `Ready`. The statement
+    /// is polled here, so that `Drop` can look at it once more.
+    struct CancelOnDrop<'a, F, M>
+    where
+        F: Future,
+        M: MakeTlsConnect<Socket>,
+        M: Send,
+        M: Sync,
+        M: 'static,
+        M::Stream: Send,
+        M::Stream: Sync,
+        M::TlsConnect: Send,
+        M::TlsConnect: Sync,
+        <M::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        #[pin]
+        statement: F,
+        client: &'a Client,
+        // Taken by the drop that cancels; `Option` so `Drop` can move it.
+        tls: Option<M>,
+        // Inside the helper's transaction: a cancel is followed by `ROLLBACK`.
+        in_transaction: bool,
+        armed: bool,
     }
 
-    /// The statement completed: nothing left to cancel.
-    fn disarm(&self) {
-        // Atomic only so the guard is `Sync` (borrowed across an await in a
-        // `Send` future); one task reads and writes it.
-        self.armed.store(false, Ordering::Relaxed);
-    }
-}
-
-impl<M> Drop for CancelOnDrop<M>
-where
-    M: MakeTlsConnect<Socket> + Send + Sync + 'static,
-    M::Stream: Send + Sync,
-    M::TlsConnect: Send + Sync,
-    <M::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
-    fn drop(&mut self) {
-        if !*self.armed.get_mut() {
-            return;
-        }
-        let Some(tls) = self.tls.take() else { return };
-        // Outside a runtime there is nowhere to send from; the server-side
-        // timeout (with a deadline) still ends the statement.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(
-                "query dropped outside a Tokio runtime: its statement was not cancelled"
-            );
-            return;
-        };
-        let token = self.token.clone();
-        // A task of its own: Drop cannot await, and the cancel must go out
-        // even though nobody waits for it.
-        runtime.spawn(async move {
-            if let Err(error) = token.cancel_query(tls).await {
-                tracing::warn!(%error, "could not cancel an abandoned statement");
+    impl<'a, F, M> PinnedDrop for CancelOnDrop<'a, F, M>
+    where
+        F: Future,
+        M: MakeTlsConnect<Socket>,
+        M: Send,
+        M: Sync,
+        M: 'static,
+        M::Stream: Send,
+        M::Stream: Sync,
+        M::TlsConnect: Send,
+        M::TlsConnect: Sync,
+        <M::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !std::mem::take(this.armed) {
+                return;
             }
-        });
+            // The statement may have finished on the server while nobody
+            // polled this future (a stream feeding a slow client, a parked
+            // cache load). If its answer is already buffered by the
+            // connection task, this poll sees it: nothing to cancel, and a
+            // cancel sent now would hit whatever the backend runs next.
+            let mut cx = Context::from_waker(noop_waker_ref());
+            if this.statement.poll(&mut cx).is_ready() {
+                return;
+            }
+            let Some(tls) = this.tls.take() else { return };
+            // Outside a runtime there is nowhere to send from; the server-side
+            // timeout (with a deadline) still ends the statement. No cancel,
+            // so no `ROLLBACK` is needed either.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                tracing::warn!(
+                    "query dropped outside a Tokio runtime: its statement was not cancelled"
+                );
+                return;
+            };
+            if *this.in_transaction {
+                queue_rollback(this.client, &mut cx);
+            }
+            let token = this.client.cancel_token();
+            // A task of its own: Drop cannot await, and the cancel must go
+            // out even though nobody waits for it.
+            runtime.spawn(async move {
+                if let Err(error) = token.cancel_query(tls).await {
+                    tracing::warn!(%error, "could not cancel an abandoned statement");
+                }
+            });
+        }
     }
+}
+
+impl<'a, F, M> CancelOnDrop<'a, F, M>
+where
+    F: Future,
+    M: MakeTlsConnect<Socket> + Send + Sync + 'static,
+    M::Stream: Send + Sync,
+    M::TlsConnect: Send + Sync,
+    <M::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    /// Guards `statement`, a request on `client` not yet polled;
+    /// `in_transaction` when it runs inside the helper's transaction.
+    fn new(client: &'a Client, statement: F, tls: M, in_transaction: bool) -> Self {
+        Self {
+            statement,
+            client,
+            tls: Some(tls),
+            in_transaction,
+            armed: false,
+        }
+    }
+}
+
+impl<F, M> Future for CancelOnDrop<'_, F, M>
+where
+    F: Future,
+    M: MakeTlsConnect<Socket> + Send + Sync + 'static,
+    M::Stream: Send + Sync,
+    M::TlsConnect: Send + Sync,
+    <M::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        // Disarmed while the statement is polled, so that a poll that
+        // panics leaves it disarmed: the panic can only come from a
+        // parameter's `ToSql`, while tokio-postgres encodes the request,
+        // before anything is sent; and `Drop` must not poll a future that
+        // panicked.
+        *this.armed = false;
+        let poll = this.statement.poll(cx);
+        // Pending: the request is sent (tokio-postgres sends it on the first
+        // poll) and its answer not yet seen.
+        *this.armed = poll.is_pending();
+        poll
+    }
+}
+
+/// Sends `ROLLBACK` on `client` without waiting for it, from `Drop`.
+///
+/// tokio-postgres sends a request on its future's first poll ("requests are
+/// executed in the order that they are first polled", its crate docs;
+/// `batch_execute` hands the encoded query to the connection task before
+/// its first await), so one poll queues it and dropping the future only
+/// discards the answer. It follows the helper's `COMMIT`, sent on the first
+/// poll of the join, and precedes whatever the connection's next user
+/// sends: a pool gets the connection back only after this future is gone.
+fn queue_rollback(client: &Client, cx: &mut Context<'_>) {
+    let rollback = pin!(client.batch_execute("ROLLBACK"));
+    // Pending, its answer not yet in; or an error when the connection is
+    // closed, and there is then no transaction to close.
+    let _ = rollback.poll(cx);
 }
 
 /// `remaining` plus the grace in whole milliseconds, rounded up, at least 1 (PostgreSQL reads 0 as "no

@@ -8,11 +8,15 @@
 //! wrong parameter type) are the ones that leaked with the earlier
 //! `SET` · statement · `RESET` pipeline.
 
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use fanout::{QueryContext, TenantId};
+use futures_util::FutureExt;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::private::BytesMut;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 /// The deadline of the failing calls: short, so that a leaked
 /// `statement_timeout` (75 ms with the grace) cancels the check's statement.
@@ -28,7 +32,7 @@ async fn client(application: &str) -> Client {
 }
 
 /// Fails the test unless `client` is clean; `after` names what just failed.
-async fn assert_clean(client: &Client, after: &str) {
+pub async fn assert_clean(client: &Client, after: &str) {
     // Longer than any timeout the failed call set: a leftover cancels it.
     let row = client
         .query_one("SELECT 42 FROM pg_sleep(0.2)", &[])
@@ -81,6 +85,90 @@ async fn clean_after_a_parameter_of_the_wrong_type() {
         "failed in the client: {error}"
     );
     assert_clean(&client, "a parameter of the wrong type").await;
+}
+
+/// A parameter whose encoding panics: tokio-postgres calls it on the
+/// statement's first poll, after `BEGIN; SET LOCAL` went out.
+#[derive(Debug)]
+struct Explodes;
+
+impl ToSql for Explodes {
+    fn to_sql(
+        &self,
+        _: &Type,
+        _: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        panic!("to_sql exploded")
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// tokio-postgres 0.7 leaves the partly encoded `Bind` in the client's
+/// shared write buffer when a `ToSql` panics, so the next request on that
+/// client goes out malformed and the server closes the connection. The
+/// helper's `COMMIT` is that request: the transaction ends at once (the
+/// server rolls it back) instead of the connection waiting, idle in a
+/// transaction, for its next user; and a pool replaces the dead connection.
+#[tokio::test]
+async fn no_transaction_left_after_a_parameter_that_panics() {
+    const APP: &str = "fanout-test-clean-panic";
+    let config = crate::seeded(APP).await;
+    let monitor = crate::connect(&crate::seeded("fanout-test-clean-panic-monitor").await).await;
+    let pool = crate::pool(config, 1, Duration::from_secs(5));
+    let client = pool.get().await.unwrap();
+    let statement = client.prepare_cached("SELECT $1::int4").await.unwrap();
+    let panicked = AssertUnwindSafe(fanout::postgres::query(
+        &client,
+        &ctx(SHORT),
+        &statement,
+        &[&Explodes],
+    ))
+    .catch_unwind()
+    .await;
+    let payload = panicked.expect_err("the parameter's panic reaches the caller");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"to_sql exploded"));
+
+    // On the server: no backend of ours left inside a transaction.
+    let started = Instant::now();
+    loop {
+        let open: i64 = monitor
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
+                &[&APP],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if open == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the connection stayed idle in a transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // On this client: clean, or closed (see above); never in a transaction.
+    match client.simple_query("SELECT 1").await {
+        Ok(_) => assert_clean(&client, "a parameter that panicked").await,
+        Err(e) => assert!(e.is_closed(), "{e:?}"),
+    }
+    drop(client);
+    // The pool's next connection runs the next statement correctly.
+    let client = pool.get().await.unwrap();
+    let statement = client.prepare_cached("SELECT $1::int4").await.unwrap();
+    let row = client
+        .query_one(&statement, &[&41_i32])
+        .await
+        .unwrap_or_else(|e| panic!("the next statement failed: {e:?}"));
+    assert_eq!(row.get::<_, i32>(0), 41);
+    assert_clean(&client, "a parameter that panicked, next checkout").await;
 }
 
 #[tokio::test]

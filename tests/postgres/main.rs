@@ -18,6 +18,7 @@ mod pg;
 mod accuracy;
 mod clean_connection;
 mod hang_up;
+mod late_drop;
 mod locked_table;
 mod pool;
 mod restart;
