@@ -374,7 +374,9 @@ impl FanOut {
     /// stale value). But a query that failed, has no stale value, and whose
     /// [`fallback`](crate::DashboardQuery::fallback) panics has no value to
     /// show at all: that panic is logged (ERROR, with the tenant and query)
-    /// and resumed from this call once every query has settled. A fallback
+    /// and resumed from this call: for a tuple once every query has
+    /// settled, for a `Vec` as soon as that query settles (the others still
+    /// in flight are then dropped, like any cancelled fan-out). A fallback
     /// should be a constant.
     ///
     /// ```

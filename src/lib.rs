@@ -109,9 +109,11 @@
 //!   its lookup too. A lookup ready when asked is used even at the
 //!   deadline; one that is not counts as "no stale value".
 //! - Nothing starts at or after the deadline.
-//! - A panic in any hook (`run`, `load`, `name`, `timeout`, `stale`, or a
-//!   `Drop`) becomes that query's `Panicked`, or "no stale value"; the
-//!   siblings are untouched. Only a failed query whose `fallback()` panics
+//! - A panic in any hook (`run`, `load`, `name`, `timeout`, `stale`, or the
+//!   `Drop` of a query's future or of its lookup, started or not) becomes
+//!   that query's `Panicked`, or "no stale value"; the siblings are
+//!   untouched. (The query values you pass are yours: they are dropped
+//!   when the call returns.) Only a failed query whose `fallback()` panics
 //!   has no value at all: see `# Panics` on [`FanOut::run`].
 //!
 //! # Features

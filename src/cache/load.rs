@@ -7,9 +7,12 @@
 //! reaches every waiter; only a value is stored for later callers.
 //!
 //! A load runs under the deadline of the caller that started it (the query
-//! is given that caller's context), plus a short grace. A waiter with time left when a load
-//! times out starts a new one, so an impatient first caller never cuts the
-//! others short.
+//! is given that caller's context), plus a short grace. A waiter with time
+//! left when the load times out ([`LoadError::TimedOut`]) starts a new one,
+//! so an impatient first caller never cuts the others short. (A query that
+//! enforces the starter's deadline itself, such as `fanout::postgres` with
+//! its server-side timeout, may fail with its own error first; that error
+//! is shared like any other.)
 //!
 //! When every waiter is dropped before the load ends, the load is dropped
 //! too: the query is cancelled (and with `fanout::postgres`, its statement

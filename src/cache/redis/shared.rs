@@ -208,8 +208,9 @@ impl fmt::Debug for SharedCache {
 /// - Structs are stored with their field names, so a later build that
 ///   reorders fields reads them right, one that adds an `Option` field (or
 ///   one with `#[serde(default)]`) reads old values with it empty, one
-///   that removes a field ignores it, and fields left out by
-///   `#[serde(skip_serializing_if)]` read back.
+///   that removes a field ignores it, and an `Option` field left out by
+///   `#[serde(skip_serializing_if)]` reads back as `None` (another type of
+///   skipped field needs `#[serde(default)]`, else the value is a miss).
 /// - The key holds a fingerprint of the value type's name
 ///   (`std::any::type_name`), so a build whose query returns another type
 ///   never reads this one's values. (The name may change with the
