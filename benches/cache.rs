@@ -8,8 +8,9 @@
 //! - `cached_6_loads`: the same six with a zero TTL, so every call runs a
 //!   load (joined or started, the query, the store), against `FanOut::run`
 //!   over the six queries uncached.
-//! - `stampede_100`: 100 concurrent callers of one zero-TTL key, against 100
-//!   concurrent uncached calls: the cost of sharing one load.
+//! - `stampede_100`: 100 concurrent callers of one zero-TTL key whose query
+//!   yields once (so the callers overlap), against 100 concurrent uncached
+//!   calls: what sharing one load costs, or saves.
 //!
 //! `cargo bench --bench cache -- --noplot`
 
@@ -24,10 +25,12 @@ use fanout::{DashboardQuery, FanOut, QueryContext, TenantId};
 use futures_util::future::join_all;
 use tokio::runtime::Runtime;
 
-/// A ready query: the value a database would return, at once.
+/// A query that answers at once, or after yielding to the scheduler once
+/// (so that concurrent callers really overlap).
 struct Widget {
     name: &'static str,
     runs: Arc<AtomicUsize>,
+    yields: bool,
 }
 
 impl DashboardQuery for Widget {
@@ -40,6 +43,9 @@ impl DashboardQuery for Widget {
 
     async fn run(&self, ctx: QueryContext) -> Result<i64, std::io::Error> {
         self.runs.fetch_add(1, Ordering::Relaxed);
+        if self.yields {
+            tokio::task::yield_now().await;
+        }
         Ok(ctx.tenant().as_str().len() as i64)
     }
 
@@ -61,6 +67,7 @@ fn widget(name: &'static str, runs: &Arc<AtomicUsize>) -> Widget {
     Widget {
         name,
         runs: Arc::clone(runs),
+        yields: false,
     }
 }
 
@@ -167,12 +174,12 @@ fn bench_loads(c: &mut Criterion, rt: &Runtime) {
 fn bench_stampede(c: &mut Criterion, rt: &Runtime) {
     let runs = Arc::new(AtomicUsize::new(0));
     let cache = QueryCache::new(10_000);
-    let cached = Cached::new(
-        widget("total_revenue", &runs),
-        &cache,
-        CachePolicy::ttl(Duration::ZERO),
-    );
-    let uncached = widget("total_revenue", &runs);
+    let yielding = || Widget {
+        yields: true,
+        ..widget("total_revenue", &runs)
+    };
+    let cached = Cached::new(yielding(), &cache, CachePolicy::ttl(Duration::ZERO));
+    let uncached = yielding();
     let tenant = TenantId::new("creche-042").expect("valid tenant id");
     let fan_out = FanOut::new().timeout(Duration::from_secs(2));
 

@@ -335,7 +335,11 @@ where
             this.clock = Some(this.start_clock(now));
         }
         let started = this.start_inputs(now, cx);
-        if let Some(clock) = this.clock.as_mut() {
+        // The first poll is over once it has started what it could; one
+        // that returned early (a closed limiter) goes on at the next poll.
+        if started.is_none()
+            && let Some(clock) = this.clock.as_mut()
+        {
             clock.first_poll_done = true;
         }
         if let Some(ended) = started {
@@ -446,7 +450,9 @@ fn poll_permit(
 
 /// The inputs not yet taken, dropped inside `catch_unwind` when a fan-out
 /// is dropped before it took them all: an iterator of ready-made futures
-/// (an array, a `Vec`) drops user futures, whose `Drop` may panic.
+/// (an array, a `Vec`) drops user futures, whose `Drop` may panic. (Two
+/// such panics in one drop abort the process, as in any Rust collection:
+/// a second panic while unwinding cannot be caught.)
 struct Contained<T>(Option<T>);
 
 impl<T> std::ops::Deref for Contained<T> {

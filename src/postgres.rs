@@ -38,6 +38,10 @@
 //!   transaction. On a connection already inside one, `BEGIN` only warns and
 //!   the helper's `COMMIT` commits *your* transaction early. Use them on a
 //!   connection in autocommit mode, as a pool hands it out.
+//! - **One helper at a time per connection.** A `Client` can be shared by
+//!   several tasks, but two helpers running on it at once would interleave
+//!   their `BEGIN`s and `COMMIT`s. Give each query its own pooled
+//!   connection, as a pool does.
 //! - **Prepare first** (deadpool-postgres's `prepare_cached`, or
 //!   [`Client::prepare`]): a prepared statement is sent in the same round
 //!   trip as the transaction around it. Preparing is not covered: it is a
@@ -356,7 +360,19 @@ where
     let Some(remaining) = ctx.remaining() else {
         // No transaction of ours: nothing for a late cancel to break but
         // the statement itself, so no `ROLLBACK` either.
-        return CancelOnDrop::new(client, statement, tls, false).await;
+        let statement = AssertUnwindSafe(CancelOnDrop::new(client, statement, tls, false));
+        return match statement.catch_unwind().await {
+            Ok(result) => result,
+            Err(payload) => {
+                // A `ToSql` that panicked left half a message in the
+                // client's buffer (tokio-postgres does not clear it): the
+                // next request goes out malformed and the server closes the
+                // connection. Send it now, so the pool sees a closed
+                // connection and never hands this one out.
+                let _ = client.batch_execute("").await;
+                std::panic::resume_unwind(payload)
+            }
+        };
     };
     let begin = format!(
         "BEGIN; SET LOCAL statement_timeout = {}",

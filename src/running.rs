@@ -105,6 +105,13 @@ where
         cx: &mut Context<'_>,
     ) -> Ended<T, E, R::Value> {
         let mut this = self;
+        // An input whose own timeout is also due (a tie, or its timer's tick
+        // not reached yet on a real clock) timed out, as it would have
+        // without the shared timer.
+        let cause = match this.expiry {
+            Some(expiry) if expiry <= now => Settled::TimedOut,
+            _ => cause,
+        };
         if let Some(input) = this.as_mut().project().input.as_pin_mut() {
             let settled = match catch_unwind(AssertUnwindSafe(|| input.poll(cx))) {
                 Ok(Poll::Ready(Ok(value))) => Settled::Ok(value),

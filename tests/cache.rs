@@ -601,6 +601,15 @@ async fn a_load_that_outlives_a_forgotten_invalidation_neither_stores_nor_takes_
         cache.invalidate_tenant(&tenant(&format!("other-{n}")));
     }
     assert_eq!(cache.generation(&t1), 0, "t1's record was swept");
+    // A value kept for an hour is stored after the sweep: records now live
+    // longer, which must not stretch the old load's own limit.
+    let hourly = Cached::new(
+        PerTenant::named("child_count"),
+        &cache,
+        CachePolicy::ttl(Duration::from_secs(3600)),
+    );
+    let (warmed,) = fan_out.run(&tenant("t2"), (&hourly,)).await;
+    assert!(warmed.is_fresh());
 
     // A new caller does not join the old load (it would wait on the gate
     // until its timeout): it loads the data as it is now.

@@ -173,3 +173,19 @@ async fn a_timeout_that_ties_with_the_deadline_is_a_timeout_whatever_the_limits(
     assert_eq!(plain.settle(never()).await, expected);
     assert_eq!(limited.settle(never()).await, expected);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_limiter_at_a_zero_deadline_reports_every_input_as_limiter_closed() {
+    let limiter = Arc::new(tokio::sync::Semaphore::new(1));
+    limiter.close();
+    let fan_out = FanOut::new().deadline(Duration::ZERO).limiter(limiter);
+    let inputs = (0..3).map(|i| async move { Ok::<_, ()>(i) });
+    assert_eq!(
+        fan_out.settle(inputs).await,
+        [
+            Settled::LimiterClosed,
+            Settled::LimiterClosed,
+            Settled::LimiterClosed
+        ]
+    );
+}

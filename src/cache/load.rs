@@ -87,7 +87,10 @@ type Load<V> = Shared<BoxFuture<'static, LoadResult<V>>>;
 /// keep it alive (the waiters do).
 struct InFlight<V> {
     id: u64,
-    started_at: Instant,
+    /// Until when the load may take joiners (and store its value): fixed
+    /// when it starts, so that a longer record lifetime learnt later never
+    /// stretches it past a sweep made meanwhile. `None`: for ever.
+    fresh_until: Option<Instant>,
     deadline: Option<Instant>,
     load: WeakShared<BoxFuture<'static, LoadResult<V>>>,
 }
@@ -126,14 +129,16 @@ where
     /// (the starting caller's), catches its own panics and leaves the
     /// table when it ends or is dropped.
     ///
-    /// A load older than `max_age` takes no joiners: a new one is started
-    /// (the old one goes on for its own waiters).
+    /// A load older than `max_age` (as it was when the load started) takes
+    /// no joiners: a new one is started, and the old one goes on for its
+    /// own waiters. `start` is given the same limit, past which the load
+    /// must not store its value.
     pub(super) fn join_or_start<F>(
         self: &Arc<Self>,
         key: &K,
         deadline: Option<Instant>,
         max_age: std::time::Duration,
-        start: impl FnOnce() -> F,
+        start: impl FnOnce(Option<Instant>) -> F,
     ) -> Joined<V>
     where
         F: Future<Output = Result<Fetched<V>, LoadError>> + Send + 'static,
@@ -141,7 +146,7 @@ where
         let mut in_flight = self.lock();
         let now = Instant::now();
         if let Some(joined) = in_flight.get(key).and_then(|known| {
-            if now.saturating_duration_since(known.started_at) >= max_age {
+            if known.fresh_until.is_some_and(|until| now >= until) {
                 return None;
             }
             Some(Joined {
@@ -154,7 +159,8 @@ where
         }
         // Built before `Registered`, whose `Drop` takes the lock: a panic
         // here only poisons the lock, which every user of it ignores.
-        let work = start();
+        let fresh_until = now.checked_add(max_age);
+        let work = start(fresh_until);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let registered = Registered {
             loads: Arc::clone(self),
@@ -185,7 +191,7 @@ where
             .expect("a load not yet polled has not ended");
         let known = InFlight {
             id,
-            started_at: now,
+            fresh_until,
             deadline,
             load: weak,
         };

@@ -245,13 +245,20 @@ impl QueryCache {
         let mut start = Some((ctx, compute));
         let (fetched, started_here) = loop {
             let max_age = self.inner.generations.record_lifetime();
-            let joined = self.inner.loads.join_or_start(&key, deadline, max_age, || {
-                let (ctx, compute) = start.take().expect("a caller starts at most one load");
-                let inner = Arc::clone(&self.inner);
-                let key = key.clone();
-                let work = compute(ctx);
-                async move { inner.fetch::<T, E, _>(key, ttl, policy, work).await }
-            });
+            let joined = self
+                .inner
+                .loads
+                .join_or_start(&key, deadline, max_age, |fresh_until| {
+                    let (ctx, compute) = start.take().expect("a caller starts at most one load");
+                    let inner = Arc::clone(&self.inner);
+                    let key = key.clone();
+                    let work = compute(ctx);
+                    async move {
+                        inner
+                            .fetch::<T, E, _>(key, ttl, policy, fresh_until, work)
+                            .await
+                    }
+                });
             let result = joined.load.await;
             // A load that timed out under an earlier deadline than this
             // caller's: load again, with this caller's time.
@@ -298,6 +305,7 @@ impl Inner {
         key: Key,
         ttl: Duration,
         policy: CachePolicy,
+        fresh_until: Option<Instant>,
         work: W,
     ) -> Result<Fetched<Entry>, LoadError>
     where
@@ -305,7 +313,6 @@ impl Inner {
         E: std::error::Error + Send + Sync + 'static,
         W: Future<Output = Result<Loaded<T>, E>>,
     {
-        let started = Instant::now();
         if let Some(entry) = self.entries.get(&key).await
             && entry.value_within::<T>(ttl).is_some()
         {
@@ -328,7 +335,7 @@ impl Inner {
         // A tenant invalidated while this load ran keeps none of it. A load
         // that ran longer than a generation record lives may have outlived
         // the record of an invalidation: it keeps none of it either.
-        let fresh_enough = started.elapsed() < self.generations.record_lifetime();
+        let fresh_enough = fresh_until.is_none_or(|until| Instant::now() < until);
         if fresh_enough && self.generation_of(&key.tenant) == key.generation {
             self.generations.stored(entry.keep_for);
             self.entries.insert(key, entry.clone()).await;

@@ -172,6 +172,38 @@ async fn no_transaction_left_after_a_parameter_that_panics() {
 }
 
 #[tokio::test]
+async fn a_parameter_that_panics_without_a_deadline_closes_the_connection() {
+    // No deadline: no transaction of ours, but tokio-postgres keeps the
+    // half-encoded message in the client's buffer after the panic. The
+    // helper flushes it so the server closes the connection at once, and
+    // the pool never hands out a connection whose next request is garbage.
+    let pool = crate::pool(
+        crate::seeded("fanout-test-clean-panic-no-deadline").await,
+        1,
+        Duration::from_secs(5),
+    );
+    let client = pool.get().await.unwrap();
+    let statement = client.prepare_cached("SELECT $1::int4").await.unwrap();
+    let no_deadline = QueryContext::new(fanout::TenantId::new("t1").unwrap(), None);
+    let panicked = AssertUnwindSafe(fanout::postgres::query(
+        &client,
+        &no_deadline,
+        &statement,
+        &[&Explodes],
+    ))
+    .catch_unwind()
+    .await;
+    let payload = panicked.expect_err("the parameter's panic reaches the caller");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"to_sql exploded"));
+    assert!(client.is_closed(), "the poisoned connection is closed");
+    drop(client);
+    let client = pool.get().await.unwrap();
+    let statement = client.prepare_cached("SELECT $1::int4").await.unwrap();
+    let row = client.query_one(&statement, &[&41_i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 41);
+}
+
+#[tokio::test]
 async fn clean_after_a_statement_error() {
     let client = client("fanout-test-clean-error").await;
     let statement = client.prepare("SELECT 1 / $1::int4").await.unwrap();
