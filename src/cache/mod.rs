@@ -150,7 +150,19 @@ impl CachePolicy {
 /// fallback.
 ///
 /// The value type must be `Clone` (callers share one computed value) and
-/// `'static`. The cache key is the tenant, the tenant's generation, the
+/// `'static`, and so must the query: it is held in an `Arc` that the load
+/// in flight shares.
+///
+/// # Shared loads
+///
+/// Callers of one (tenant, query, key) that find no fresh value share one
+/// load, whatever it returns: its value, or its error, timeout or panic
+/// ([`LoadError`]), reaches every one of them; only a value is stored. Any
+/// waiting caller's polling drives it, so a caller that is not polled holds
+/// up nobody. It runs under the deadline of the caller that started it
+/// (plus 25 ms); a caller with time left when it times out loads again.
+/// When every caller waiting on it is dropped, the load is dropped too (the
+/// query is cancelled) and nothing is stored. The cache key is the tenant, the tenant's generation, the
 /// query's [`name`](DashboardQuery::name) and an optional
 /// [`key`](Self::key) for queries with parameters, so two queries must not
 /// share a name and key.
