@@ -283,8 +283,8 @@ where
         None
     }
 
-    /// The shared timer fired: every input still running stops now, each
-    /// with one last poll of its stale lookup.
+    /// The shared timer fired: every input still running stops now, after
+    /// one last poll of it and then of its stale lookup.
     fn expire(&mut self, timed_out: bool, now: Instant, cx: &mut Context<'_>) {
         let cause = || {
             if timed_out {
