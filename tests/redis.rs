@@ -1270,3 +1270,97 @@ async fn a_redis_killed_while_waiting_on_another_instances_lock_ends_the_wait() 
 async fn a_redis_hung_while_waiting_on_another_instances_lock_ends_the_wait() {
     redis_lost_while_waiting_on_another_instances_lock(Loss::Hung).await;
 }
+
+/// A TCP proxy to `upstream` that holds every reply for `delay` before
+/// passing it on: a Redis that is alive and answers, slowly.
+async fn slow_proxy(upstream: String, delay: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                let never = Arc::new(AtomicBool::new(false));
+                tokio::join!(
+                    pass(client_read, server_write, never),
+                    delayed(server_read, client_write, delay)
+                );
+            });
+        }
+    });
+    port
+}
+
+async fn delayed(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    let mut buffer = [0; 16 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else {
+            return;
+        };
+        if read == 0 {
+            return;
+        }
+        sleep(delay).await;
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_but_alive_redis_costs_each_call_up_to_the_call_timeout() {
+    // Every reply 30 ms late, under the 50 ms call timeout: nothing trips,
+    // and a widget that is in neither tier pays every call in a row (the
+    // tenant's generation, the value, the lock, the store), which is what
+    // the README says: not "one call timeout", but up to four.
+    const DELAY: Duration = Duration::from_millis(30);
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let (upstream, _) = through_proxy(&redis_url(), 0);
+    let port = slow_proxy(upstream, DELAY).await;
+    let (_, url) = through_proxy(&redis_url(), port);
+    let ns = namespace("slow");
+    let redis_a = RedisTier::connect(&url, &ns).await.unwrap();
+    let redis_b = RedisTier::connect(&url, &ns).await.unwrap();
+    let db = Revenue::new(QUERY_MS);
+    let a = instance(&redis_a, &db, policy());
+    let b = instance(&redis_b, &db, policy());
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+
+    let started = Instant::now();
+    let (missed,) = fan_out.run(&tenant("t0"), (&a,)).await;
+    let miss = started.elapsed();
+    assert!(missed.is_fresh(), "{:?}", missed.source);
+    let query = Duration::from_millis(QUERY_MS);
+    println!("slow Redis: a miss in both tiers took {miss:?}");
+    assert!(miss >= query + 4 * DELAY, "{miss:?}: four calls in a row");
+    assert!(miss <= query + 4 * CALL_TIMEOUT + SLACK, "{miss:?}");
+
+    // The other instance finds it in Redis: its generation and the value.
+    let started = Instant::now();
+    let (shared,) = fan_out.run(&tenant("t0"), (&b,)).await;
+    let hit = started.elapsed();
+    assert!(matches!(shared.source, Source::Cached { .. }));
+    println!("slow Redis: a hit in Redis took {hit:?}");
+    assert!(hit >= 2 * DELAY, "{hit:?}: two calls in a row");
+    assert!(hit <= 2 * CALL_TIMEOUT + SLACK, "{hit:?}");
+
+    // Slow is not failing: no WARN, and the in-process tier answers at once.
+    assert_eq!(redis_warnings(&capture), 0, "{:#?}", capture.events());
+    let started = Instant::now();
+    let (local,) = fan_out.run(&tenant("t0"), (&b,)).await;
+    assert!(matches!(local.source, Source::Cached { .. }));
+    assert!(started.elapsed() < DELAY, "{:?}", started.elapsed());
+}
