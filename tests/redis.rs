@@ -918,6 +918,24 @@ async fn stored_bytes(key: &str) -> Vec<u8> {
     redis_command(redis::cmd("GET").arg(key)).await
 }
 
+/// A tier in a namespace of `test`'s own, holding the value release 1
+/// computed for tenant `t1` (asserted fresh); returns the namespace, the
+/// tier and release 1's query.
+async fn release_1_stored(test: &str) -> (String, RedisTier, Returns<release_1::Balance>) {
+    let ns = namespace(test);
+    let redis = RedisTier::connect(&redis_url(), &ns).await.unwrap();
+    let old = Returns::new(release_1::Balance {
+        revenue: 125_000,
+        cost: 40_000,
+    });
+    let fan_out = FanOut::new().timeout(Duration::from_secs(2));
+    let (first,) = fan_out
+        .run(&tenant("t1"), (&fresh_instance(&redis, &old),))
+        .await;
+    assert!(first.is_fresh(), "{:?}", first.source);
+    (ns, redis, old)
+}
+
 fn decode_warnings(capture: &Capture) -> usize {
     capture
         .events()
@@ -928,22 +946,9 @@ fn decode_warnings(capture: &Capture) -> usize {
 
 #[tokio::test]
 async fn a_value_stored_by_a_release_with_reordered_fields_reads_back_exactly() {
-    let ns = namespace("reordered");
-    let redis = RedisTier::connect(&redis_url(), &ns).await.unwrap();
+    let (ns, redis, _old) = release_1_stored("reordered").await;
     let fan_out = FanOut::new().timeout(Duration::from_secs(2));
     let t1 = tenant("t1");
-    let stored = release_1::Balance {
-        revenue: 125_000,
-        cost: 40_000,
-    };
-    let old = Returns::new(stored.clone());
-    assert!(
-        fan_out
-            .run(&t1, (&fresh_instance(&redis, &old),))
-            .await
-            .0
-            .is_fresh()
-    );
     let [old_key] = <[String; 1]>::try_from(value_keys(&ns).await).unwrap();
     let old_bytes = stored_bytes(&old_key).await;
 
@@ -1007,21 +1012,9 @@ async fn a_value_with_a_skipped_optional_field_reads_back_from_redis() {
 
 #[tokio::test]
 async fn another_value_type_or_schema_version_never_reads_the_stored_value() {
-    let ns = namespace("fingerprint");
-    let redis = RedisTier::connect(&redis_url(), &ns).await.unwrap();
+    let (ns, redis, old) = release_1_stored("fingerprint").await;
     let fan_out = FanOut::new().timeout(Duration::from_secs(2));
     let t1 = tenant("t1");
-    let old = Returns::new(release_1::Balance {
-        revenue: 125_000,
-        cost: 40_000,
-    });
-    assert!(
-        fan_out
-            .run(&t1, (&fresh_instance(&redis, &old),))
-            .await
-            .0
-            .is_fresh()
-    );
 
     // Another type under the same query name: its own key, its own value.
     let new = Returns::new(release_2::Balance {
@@ -1061,21 +1054,9 @@ async fn another_value_type_or_schema_version_never_reads_the_stored_value() {
 async fn incompatible_bytes_under_the_same_key_are_a_counted_miss_with_one_warning() {
     let capture = Capture::default();
     let _guard = capture.install();
-    let ns = namespace("incompatible");
-    let redis = RedisTier::connect(&redis_url(), &ns).await.unwrap();
+    let (ns, redis, _old) = release_1_stored("incompatible").await;
     let fan_out = FanOut::new().timeout(Duration::from_secs(2));
     let t1 = tenant("t1");
-    let old = Returns::new(release_1::Balance {
-        revenue: 125_000,
-        cost: 40_000,
-    });
-    assert!(
-        fan_out
-            .run(&t1, (&fresh_instance(&redis, &old),))
-            .await
-            .0
-            .is_fresh()
-    );
     let [old_key] = <[String; 1]>::try_from(value_keys(&ns).await).unwrap();
     let old_bytes = stored_bytes(&old_key).await;
 
