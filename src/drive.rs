@@ -8,16 +8,16 @@ use std::future::Future;
 use std::iter::{Enumerate, Peekable};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::{Instant, Sleep, sleep_until};
 
+use crate::fair::{Refused, ShedReason, Ticket};
+use crate::limiter::{FifoWait, Limiter, Permit};
 use crate::running::{Running, panic_message};
-use crate::{FanOut, Settled};
+use crate::{FanOut, Settled, TenantId};
 
 /// One input of a fan-out, not yet started.
 pub(crate) trait Job {
@@ -101,8 +101,9 @@ where
 }
 
 /// How one input ended: its index, how its future ended, the stale value
-/// its lookup found when that was a failure, and when it started and ended
-/// (the same instant for an input that never started).
+/// its lookup found when that was a failure, when it started and ended
+/// (the same instant for an input that never started), and how long it
+/// waited to start (for a limit or a limiter's permit) or to be given up.
 pub(crate) struct Ended<T, E, V> {
     pub(crate) index: usize,
     pub(crate) name: &'static str,
@@ -110,6 +111,7 @@ pub(crate) struct Ended<T, E, V> {
     pub(crate) stale: Option<V>,
     pub(crate) started_at: Instant,
     pub(crate) ended_at: Instant,
+    pub(crate) waited: Duration,
 }
 
 impl<T, E, V> Ended<T, E, V> {
@@ -125,8 +127,6 @@ type RunningOf<J> =
 
 type EndedOf<J> = Ended<<J as Job>::Ok, <J as Job>::Err, <<J as Job>::Recover as Recover>::Value>;
 
-type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
-
 /// The engine: see the module docs.
 pub(crate) struct Drive<It: Iterator, J: Job> {
     pending: Contained<Peekable<Enumerate<It>>>,
@@ -135,9 +135,18 @@ pub(crate) struct Drive<It: Iterator, J: Job> {
     seen: usize,
     in_flight: FuturesUnordered<RunningOf<J>>,
     limit: usize,
-    limiter: Option<Arc<Semaphore>>,
-    acquiring: Option<Acquire>,
+    limiter: Option<Limiter>,
+    /// The fan-out's wait on a FIFO limiter.
+    fifo: FifoWait,
+    /// The fan-out's place in a fair limiter's line, and its tenant there.
+    ticket: Option<Ticket>,
+    tenant: Option<TenantId>,
+    /// The fair limiter's queue length when this fan-out first waited.
+    queue_length: Option<usize>,
     limiter_closed: bool,
+    /// Set when the fair limiter sent this fan-out away: what has not
+    /// started never will.
+    shed: Option<ShedReason>,
     timeout: Option<Duration>,
     deadline: Option<Duration>,
     clock: Option<Clock>,
@@ -146,6 +155,7 @@ pub(crate) struct Drive<It: Iterator, J: Job> {
 
 /// Set on the first poll, when the fan-out starts.
 struct Clock {
+    started: Instant,
     /// Whether the first poll is over: the inputs it starts are the only
     /// ones that may start at the deadline (a zero deadline).
     first_poll_done: bool,
@@ -178,15 +188,26 @@ where
     It: Iterator<Item = J>,
     J: Job,
 {
-    pub(crate) fn new(plan: &FanOut, jobs: It) -> Self {
+    /// The engine of one fan-out, for `tenant` when it has one (a fair
+    /// limiter puts each tenant in a line of its own).
+    pub(crate) fn new(plan: &FanOut, tenant: Option<&TenantId>, jobs: It) -> Self {
+        let limiter = plan.shared_limiter().cloned();
+        let tenant = match limiter {
+            Some(Limiter::Fair(_)) => tenant.cloned(),
+            _ => None,
+        };
         Self {
             pending: Contained(Some(jobs.enumerate().peekable())),
             seen: 0,
             in_flight: FuturesUnordered::new(),
             limit: plan.concurrency_limit().map_or(usize::MAX, |n| n.get()),
-            limiter: plan.shared_limiter().cloned(),
-            acquiring: None,
+            limiter,
+            fifo: FifoWait::default(),
+            ticket: None,
+            tenant,
+            queue_length: None,
             limiter_closed: false,
+            shed: None,
             timeout: plan.per_item_timeout(),
             deadline: plan.whole_deadline(),
             clock: None,
@@ -198,6 +219,13 @@ where
     /// ended, how many it had in all.
     pub(crate) fn seen(&self) -> usize {
         self.seen
+    }
+
+    /// The fair limiter's queue length (permits wanted by other fan-outs)
+    /// when this fan-out first waited for a permit; `None` when it never
+    /// waited in a fair limiter's line.
+    pub(crate) fn queue_length(&self) -> Option<usize> {
+        self.queue_length
     }
 
     fn next_job(&mut self) -> Option<(usize, J)> {
@@ -215,6 +243,7 @@ where
             let timeout_at = self.timeout.and_then(|t| now.checked_add(t));
             let shared_at = earliest(timeout_at, deadline_at);
             return Clock {
+                started: now,
                 first_poll_done: false,
                 deadline_at,
                 per_item: None,
@@ -224,6 +253,7 @@ where
             };
         }
         Clock {
+            started: now,
             first_poll_done: false,
             deadline_at,
             per_item: self.timeout,
@@ -257,14 +287,51 @@ where
                     let (index, job) = self.next_job()?;
                     return Some(not_started(index, job, Settled::LimiterClosed, now, cx));
                 }
-                Some(limiter) => match poll_permit(limiter, &mut self.acquiring, cx) {
+                Some(_) if self.shed.is_some() => {
+                    let (index, job) = self.next_job()?;
+                    return Some(not_started(index, job, Settled::Shed, now, cx));
+                }
+                Some(Limiter::Fifo(semaphore)) => match self.fifo.poll_permit(semaphore, cx) {
                     Poll::Pending => break,
-                    Poll::Ready(Ok(permit)) => Some(permit),
+                    Poll::Ready(Ok(permit)) => Some(Permit::Fifo(permit)),
                     Poll::Ready(Err(_closed)) => {
                         self.limiter_closed = true;
                         continue;
                     }
                 },
+                Some(Limiter::Fair(fair)) => {
+                    // All it could start now: its free slots, or what is
+                    // left of its inputs if fewer.
+                    let wanted = (self.limit - self.in_flight.len())
+                        .min(self.pending.size_hint().0)
+                        .max(1);
+                    let ticket = self
+                        .ticket
+                        .get_or_insert_with(|| fair.ticket(self.tenant.as_ref()));
+                    let polled = ticket.poll_permit(cx, now, wanted, deadline_at);
+                    self.queue_length = self.queue_length.or(ticket.queue_length());
+                    match polled {
+                        Poll::Pending => break,
+                        Poll::Ready(Ok(permit)) => Some(Permit::Fair(permit)),
+                        Poll::Ready(Err(refused)) => {
+                            self.ticket = None;
+                            match refused {
+                                Refused::Closed => self.limiter_closed = true,
+                                Refused::Shed(reason) => {
+                                    tracing::debug!(
+                                        reason = reason.label(),
+                                        queue_length = self.queue_length,
+                                        waited_ms = self.waited_ms(now),
+                                        left = self.pending.size_hint().0,
+                                        "queries shed"
+                                    );
+                                    self.shed = Some(reason);
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                }
             };
             let Some((index, job)) = self.next_job() else {
                 break;
@@ -280,7 +347,27 @@ where
                 input, recover, index, name, now, own_timer, permit,
             ));
         }
+        if self.pending.peek().is_none() {
+            // Nothing left to start: leave the line, handing back what
+            // was granted and not taken.
+            self.ticket = None;
+        }
         None
+    }
+
+    /// How long since the fan-out started, in milliseconds, for logs.
+    fn waited_ms(&self, now: Instant) -> f64 {
+        self.clock.as_ref().map_or(0.0, |clock| {
+            now.saturating_duration_since(clock.started).as_secs_f64() * 1e3
+        })
+    }
+
+    /// Notes how long `ended` waited before it started (or was given up).
+    fn stamped(&self, mut ended: EndedOf<J>) -> EndedOf<J> {
+        if let Some(clock) = &self.clock {
+            ended.waited = ended.started_at.saturating_duration_since(clock.started);
+        }
+        ended
     }
 
     /// The shared timer fired: every input still running stops now, after
@@ -300,7 +387,8 @@ where
         running.sort_unstable_by_key(|ended| ended.index);
         // Each input and lookup is dropped already; these are empty shells.
         self.in_flight.clear();
-        self.acquiring = None;
+        self.fifo.cancel();
+        self.ticket = None;
         self.expired = Some(Expired {
             running: running.into_iter(),
             at: now,
@@ -327,6 +415,26 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        this.poll_ended(cx).map(|ended| ended.map(|ended| this.stamped(ended)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (low, high) = self.pending.size_hint();
+        let running = self.in_flight.len() + self.expired.as_ref().map_or(0, |e| e.running.len());
+        (
+            low.saturating_add(running),
+            high.and_then(|h| h.checked_add(running)),
+        )
+    }
+}
+
+impl<It, J> Drive<It, J>
+where
+    It: Iterator<Item = J>,
+    J: Job,
+{
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> Poll<Option<EndedOf<J>>> {
+        let this = self;
         if this.expired.is_some() {
             return Poll::Ready(this.next_expired(cx));
         }
@@ -372,15 +480,6 @@ where
         }
         Poll::Pending
     }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let (low, high) = self.pending.size_hint();
-        let running = self.in_flight.len() + self.expired.as_ref().map_or(0, |e| e.running.len());
-        (
-            low.saturating_add(running),
-            high.and_then(|h| h.checked_add(running)),
-        )
-    }
 }
 
 /// An input that never started: it settles as `settled` at `at`, with one
@@ -408,6 +507,7 @@ fn not_started<J: Job>(
         stale,
         started_at: at,
         ended_at: at,
+        waited: Duration::ZERO,
     }
 }
 
@@ -427,25 +527,6 @@ fn poll_once<F: Future<Output = Option<V>>, V>(lookup: F, cx: &mut Context<'_>) 
         }
         _ => None,
     }
-}
-
-/// Polls for a permit, keeping one acquisition in flight at a time so the
-/// fan-out takes its place in the semaphore's fair queue once.
-fn poll_permit(
-    limiter: &Arc<Semaphore>,
-    acquiring: &mut Option<Acquire>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<OwnedSemaphorePermit, AcquireError>> {
-    if acquiring.is_none() {
-        match Arc::clone(limiter).try_acquire_owned() {
-            Ok(permit) => return Poll::Ready(Ok(permit)),
-            Err(TryAcquireError::NoPermits) | Err(TryAcquireError::Closed) => {}
-        }
-    }
-    let acquire = acquiring.get_or_insert_with(|| Box::pin(Arc::clone(limiter).acquire_owned()));
-    let permit = ready!(acquire.as_mut().poll(cx));
-    *acquiring = None;
-    Poll::Ready(permit)
 }
 
 /// The inputs not yet taken, dropped inside `catch_unwind` when a fan-out

@@ -13,8 +13,9 @@ use tracing::Instrument;
 
 use crate::drive::{Drive, Eager};
 use crate::in_order::InOrder;
+use crate::limiter::Limiter;
 use crate::query_set::QuerySet;
-use crate::{DashboardQuery, Report, Settled, TenantId, log};
+use crate::{DashboardQuery, FairLimiter, Report, Settled, TenantId, log};
 
 /// How to run a fan-out: timeouts, deadline and concurrency, set once and
 /// reused for every call.
@@ -64,7 +65,7 @@ pub struct FanOut {
     timeout: Option<Duration>,
     deadline: Option<Duration>,
     concurrency: Option<NonZeroUsize>,
-    limiter: Option<Arc<Semaphore>>,
+    limiter: Option<Limiter>,
 }
 
 impl FanOut {
@@ -171,11 +172,17 @@ impl FanOut {
     /// connection pool and no request waits for a connection inside a query,
     /// where the query's timeout would be ticking.
     ///
-    /// Inputs wait for a permit in input order, in the semaphore's fair
-    /// queue; an input's timeout starts once it has its permit. The permit is
-    /// released when the input completes or is dropped. If the semaphore is
-    /// closed, inputs that have not started settle as
-    /// [`Settled::LimiterClosed`].
+    /// Inputs wait for a permit in input order, in the semaphore's
+    /// first-come, first-served queue, one permit at a time; an input's
+    /// timeout starts once it has its permit. The permit is released when
+    /// the input completes or is dropped. If the semaphore is closed, inputs
+    /// that have not started settle as [`Settled::LimiterClosed`].
+    ///
+    /// Every tenant shares that one queue: a tenant that opens a hundred
+    /// dashboards at once makes every other tenant wait behind them, and
+    /// past capacity every dashboard waits until its deadline. For a
+    /// multi-tenant service, see [`fair_limiter`](Self::fair_limiter).
+    /// Replaces a fair limiter set before.
     ///
     /// # Examples
     ///
@@ -194,7 +201,53 @@ impl FanOut {
     /// # }
     /// ```
     pub fn limiter(mut self, shared: Arc<Semaphore>) -> Self {
-        self.limiter = Some(shared);
+        self.limiter = Some(Limiter::Fifo(shared));
+        self
+    }
+
+    /// Makes every input hold one permit of `shared` while it runs, like
+    /// [`limiter`](Self::limiter), with the permits shared fairly between
+    /// tenants and shed when they cannot be had in time: see
+    /// [`FairLimiter`].
+    ///
+    /// A fan-out waits in its tenant's line (those without a tenant,
+    /// [`settle`](Self::settle) and [`stream`](Self::stream), share one
+    /// line) for as many permits as it can start inputs; an input's timeout
+    /// starts once it has its permit. Inputs the limiter sheds settle as
+    /// [`Settled::Shed`] (a dashboard query shows its stale value or
+    /// fallback) without starting; if the limiter is closed, as
+    /// [`Settled::LimiterClosed`]. Replaces a semaphore set before.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use fanout::{FairLimiter, FanOut, Settled};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// // One permit, busy for a second; a fan-out due in half a second
+    /// // cannot get it in time, so its input is shed at once.
+    /// let limiter = FairLimiter::new(1);
+    /// let busy = FanOut::new().fair_limiter(limiter.clone());
+    /// let hurried = busy.clone().deadline(Duration::from_millis(500));
+    /// let slow = async {
+    ///     tokio::time::sleep(Duration::from_secs(1)).await;
+    ///     Ok::<_, ()>(1)
+    /// };
+    /// let (first, second) = tokio::join!(
+    ///     busy.settle([slow]),
+    ///     async {
+    ///         tokio::task::yield_now().await; // arrive second
+    ///         hurried.settle([async { Ok::<_, ()>(2) }]).await
+    ///     },
+    /// );
+    /// assert_eq!(first, [Settled::Ok(1)]);
+    /// assert_eq!(second, [Settled::DeadlineExceeded]);
+    /// # }
+    /// ```
+    pub fn fair_limiter(mut self, shared: FairLimiter) -> Self {
+        self.limiter = Some(Limiter::Fair(shared));
         self
     }
 
@@ -437,7 +490,7 @@ impl FanOut {
     ) -> (Q::Outcomes, Report) {
         let span = tracing::info_span!("fan_out", tenant = %tenant);
         let (outcomes, report) = queries.run_set(self, tenant, true).instrument(span).await;
-        let report = report.unwrap_or_else(|| Report::new(tenant, Duration::ZERO, Vec::new()));
+        let report = report.unwrap_or_else(|| Report::new(tenant, Duration::ZERO, Vec::new(), None));
         (outcomes, report)
     }
 
@@ -536,7 +589,7 @@ impl FanOut {
         I: IntoIterator<Item = F>,
         F: Future<Output = Result<T, E>>,
     {
-        Drive::new(self, futures.into_iter().map(Eager)).map(|ended| {
+        Drive::new(self, None, futures.into_iter().map(Eager)).map(|ended| {
             log::input_settled(&ended, |_| None);
             (ended.index, ended.settled)
         })
@@ -551,7 +604,7 @@ impl FanOut {
         I: IntoIterator<Item = F>,
         F: Future<Output = Result<T, E>>,
     {
-        let drive = Drive::new(self, futures.into_iter().map(Eager));
+        let drive = Drive::new(self, None, futures.into_iter().map(Eager));
         let mut results = InOrder::new(Stream::size_hint(&drive).0);
         let span = tracing::debug_span!("fan_out");
         async {
@@ -578,7 +631,7 @@ impl FanOut {
         self.concurrency
     }
 
-    pub(crate) fn shared_limiter(&self) -> Option<&Arc<Semaphore>> {
+    pub(crate) fn shared_limiter(&self) -> Option<&Limiter> {
         self.limiter.as_ref()
     }
 }

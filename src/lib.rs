@@ -157,9 +157,11 @@ mod drive;
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub mod dynamic;
+mod fair;
 mod fan_out;
 mod hooks;
 mod in_order;
+mod limiter;
 mod log;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
@@ -178,6 +180,7 @@ mod running;
 mod settled;
 mod tenant;
 
+pub use fair::FairLimiter;
 pub use fan_out::FanOut;
 pub use outcome::{BoxError, Failure, Outcome, Source};
 pub use query::{DashboardQuery, Loaded, QueryContext};

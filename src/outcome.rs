@@ -55,14 +55,19 @@ pub struct Outcome<T> {
     /// How long the query ran, from its start to its end (zero when it never
     /// started).
     pub elapsed: Duration,
+    /// How long it waited, from the fan-out's start, before it started (for
+    /// a limiter's permit or a slot under the concurrency limit), or before
+    /// it was given up when it never started.
+    pub waited: Duration,
 }
 
 impl<T> Outcome<T> {
-    pub(crate) fn new(value: T, source: Source, elapsed: Duration) -> Self {
+    pub(crate) fn new(value: T, source: Source, elapsed: Duration, waited: Duration) -> Self {
         Self {
             value,
             source,
             elapsed,
+            waited,
         }
     }
 
@@ -278,11 +283,16 @@ pub enum Failure {
     /// The shared limiter was closed before the query got a permit.
     #[error("limiter closed")]
     LimiterClosed,
+    /// A [`FairLimiter`](crate::FairLimiter) shed the query under load: it
+    /// could not get a permit in time to finish before the deadline, so it
+    /// never started.
+    #[error("shed under load")]
+    Shed,
 }
 
 impl Failure {
     /// A short, stable name for the failure: `error`, `timed_out`,
-    /// `deadline_exceeded`, `panicked` or `limiter_closed`.
+    /// `deadline_exceeded`, `panicked`, `limiter_closed` or `shed`.
     ///
     /// # Examples
     ///
@@ -296,6 +306,7 @@ impl Failure {
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Panicked(_) => "panicked",
             Self::LimiterClosed => "limiter_closed",
+            Self::Shed => "shed",
         }
     }
 }

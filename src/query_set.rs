@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use crate::in_order::InOrder;
-use crate::query_stream;
+use crate::query_stream::{self, QueueLength};
 use crate::query_tuple::{self, Member, Slot};
 use crate::report::QueryReport;
 use crate::resolve::fan_out_finished;
@@ -98,10 +98,10 @@ impl<Q: DashboardQuery> QuerySet for Vec<Q> {
                 .into_iter()
                 .zip(&outcomes)
                 .map(|(name, outcome)| {
-                    QueryReport::new(name, outcome.source.label(), outcome.elapsed)
+                    QueryReport::new(name, outcome.source.label(), outcome.elapsed, outcome.waited)
                 })
                 .collect();
-            Report::new(tenant, started.elapsed(), queries)
+            Report::new(tenant, started.elapsed(), queries, stream.queue_length())
         });
         (outcomes, report)
     }
@@ -124,14 +124,16 @@ macro_rules! tuple_query_set {
                 let ($($query,)+) = self;
                 $(let $slot = Slot::new(&$query);)+
                 let members: &[&dyn Member] = &[$(&$slot),+];
-                let mut ended = query_tuple::run(fan_out, tenant, members).await.into_iter();
+                let (ended, queue_length) = query_tuple::run(fan_out, tenant, members).await;
+                let longest_wait = ended.iter().map(|e| e.waited).max().unwrap_or_default();
+                let mut ended = ended.into_iter();
                 let names = [$($slot.name()),+];
                 let outcomes = ($($slot.outcome(
                     tenant,
                     ended.next().expect("fanout bug: a tuple query has no result"),
                 ),)+);
                 let elapsed = started.elapsed();
-                fan_out_finished(elapsed);
+                fan_out_finished(elapsed, longest_wait, queue_length);
                 let report = report.then(|| {
                     let ($($slot,)+) = &outcomes;
                     let mut names = names.into_iter();
@@ -139,8 +141,9 @@ macro_rules! tuple_query_set {
                         names.next().unwrap_or_default(),
                         $slot.source.label(),
                         $slot.elapsed,
+                        $slot.waited,
                     )),+];
-                    Report::new(tenant, elapsed, queries)
+                    Report::new(tenant, elapsed, queries, queue_length)
                 });
                 (outcomes, report)
             }

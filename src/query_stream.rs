@@ -88,7 +88,8 @@ pub(crate) fn stream<'a, Q: DashboardQuery>(
     fan_out: &FanOut,
     tenant: &TenantId,
     queries: &'a [Q],
-) -> impl Stream<Item = (usize, &'static str, Outcome<Q::Output>)> + Send + Unpin + use<'a, Q> {
+) -> impl Stream<Item = (usize, &'static str, Outcome<Q::Output>)> + QueueLength + Send + Unpin + use<'a, Q>
+{
     let owned = tenant.clone();
     let jobs = queries.iter().map(move |query| SliceJob {
         query,
@@ -97,10 +98,11 @@ pub(crate) fn stream<'a, Q: DashboardQuery>(
         load: hooks::load::<Q>,
     });
     Outcomes {
-        drive: Drive::new(fan_out, jobs),
+        drive: Drive::new(fan_out, Some(tenant), jobs),
         queries,
         tenant: tenant.clone(),
         started: None,
+        longest_wait: Duration::ZERO,
         done: false,
     }
 }
@@ -111,7 +113,27 @@ struct Outcomes<'a, D, Q> {
     queries: &'a [Q],
     tenant: TenantId,
     started: Option<Instant>,
+    longest_wait: Duration,
     done: bool,
+}
+
+/// What a stream of outcomes can tell of its fan-out's place in a fair
+/// limiter's line.
+pub(crate) trait QueueLength {
+    /// The queue's length when the fan-out first waited, if it did.
+    fn queue_length(&self) -> Option<usize>;
+}
+
+impl<It: Iterator<Item = J>, J: crate::drive::Job> QueueLength for Drive<It, J> {
+    fn queue_length(&self) -> Option<usize> {
+        Drive::queue_length(self)
+    }
+}
+
+impl<D: QueueLength, Q> QueueLength for Outcomes<'_, D, Q> {
+    fn queue_length(&self) -> Option<usize> {
+        self.drive.queue_length()
+    }
 }
 
 impl<D: Unpin, Q> Unpin for Outcomes<'_, D, Q> {}
@@ -119,6 +141,7 @@ impl<D: Unpin, Q> Unpin for Outcomes<'_, D, Q> {}
 impl<D, Q> Stream for Outcomes<'_, D, Q>
 where
     D: Stream<Item = crate::drive::Ended<Loaded<Q::Output>, BoxError, (Q::Output, Duration)>>
+        + QueueLength
         + Unpin,
     Q: DashboardQuery,
 {
@@ -132,15 +155,18 @@ where
         let started = *this.started.get_or_insert_with(Instant::now);
         let Some(ended) = std::task::ready!(this.drive.poll_next_unpin(cx)) else {
             this.done = true;
-            resolve::fan_out_finished(started.elapsed());
+            let queue_length = this.drive.queue_length();
+            resolve::fan_out_finished(started.elapsed(), this.longest_wait, queue_length);
             return Poll::Ready(None);
         };
         let query = this
             .queries
             .get(ended.index)
             .expect("fanout bug: the engine yielded an index past the slice");
+        this.longest_wait = this.longest_wait.max(ended.waited);
         let end = QueryEnd {
             elapsed: ended.elapsed(),
+            waited: ended.waited,
             settled: ended.settled,
             stale: ended.stale,
         };

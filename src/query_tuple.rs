@@ -68,6 +68,7 @@ impl<'q, Q: DashboardQuery> Slot<'q, Q> {
             settled,
             stale,
             elapsed,
+            waited: ended.waited,
         };
         resolve::outcome(self.query, self.hooks.name, tenant, end)
     }
@@ -82,6 +83,7 @@ fn failed_as<T, U, E>(settled: Settled<T, E>) -> Settled<U, E> {
         Settled::DeadlineExceeded => Settled::DeadlineExceeded,
         Settled::Panicked(message) => Settled::Panicked(message),
         Settled::LimiterClosed => Settled::LimiterClosed,
+        Settled::Shed => Settled::Shed,
     }
 }
 
@@ -193,20 +195,20 @@ impl<'a> Iterator for TupleJobs<'a> {
 }
 
 /// Runs a tuple's members as one fan-out; returns how each ended, in input
-/// order.
+/// order, and the fair limiter's queue length when it first waited.
 pub(crate) async fn run(
     fan_out: &FanOut,
     tenant: &TenantId,
     members: &[&dyn Member],
-) -> Vec<Ended<(), BoxError, ()>> {
+) -> (Vec<Ended<(), BoxError, ()>>, Option<usize>) {
     let jobs = TupleJobs {
         members: members.iter(),
         tenant,
     };
     let mut ended = InOrder::new(members.len());
-    let mut drive = Drive::new(fan_out, jobs);
+    let mut drive = Drive::new(fan_out, Some(tenant), jobs);
     while let Some(one) = drive.next().await {
         ended.place(one.index, one);
     }
-    ended.finish(drive.seen())
+    (ended.finish(drive.seen()), drive.queue_length())
 }

@@ -40,6 +40,8 @@ use crate::TenantId;
 /// assert_eq!(report.count("timed_out"), 1);
 /// assert_eq!(report.degraded(), 1);
 /// assert_eq!(report.slowest().map(|q| q.name), Some("slow"));
+/// assert_eq!(report.longest_wait(), Duration::ZERO); // no limiter
+/// assert_eq!((report.shed(), report.queue_length), (0, None));
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -51,6 +53,10 @@ pub struct Report {
     pub elapsed: Duration,
     /// One entry per query, in input order.
     pub queries: Vec<QueryReport>,
+    /// The [`FairLimiter`](crate::FairLimiter)'s queue length (permits
+    /// wanted by other fan-outs) when this fan-out first waited in its
+    /// line; `None` when it never waited in one.
+    pub queue_length: Option<usize>,
 }
 
 /// One query's line in a [`Report`].
@@ -68,15 +74,46 @@ pub struct QueryReport {
     pub outcome: &'static str,
     /// How long it ran.
     pub elapsed: Duration,
+    /// How long it waited to start (see [`Outcome::waited`](crate::Outcome::waited)).
+    pub waited: Duration,
 }
 
 impl Report {
-    pub(crate) fn new(tenant: &TenantId, elapsed: Duration, queries: Vec<QueryReport>) -> Self {
+    pub(crate) fn new(
+        tenant: &TenantId,
+        elapsed: Duration,
+        queries: Vec<QueryReport>,
+        queue_length: Option<usize>,
+    ) -> Self {
         Self {
             tenant: tenant.clone(),
             elapsed,
             queries,
+            queue_length,
         }
+    }
+
+    /// The longest any query waited to start: for a limiter's permit, or
+    /// a slot under the concurrency limit.
+    ///
+    /// # Examples
+    ///
+    /// See [`Report`].
+    pub fn longest_wait(&self) -> Duration {
+        self.queries
+            .iter()
+            .map(|q| q.waited)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// How many queries a [`FairLimiter`](crate::FairLimiter) shed.
+    ///
+    /// # Examples
+    ///
+    /// See [`Report`].
+    pub fn shed(&self) -> usize {
+        self.count("shed")
     }
 
     /// How many queries had `outcome` (a [`Source::label`](crate::Source::label)
@@ -113,11 +150,17 @@ impl Report {
 }
 
 impl QueryReport {
-    pub(crate) fn new(name: &'static str, outcome: &'static str, elapsed: Duration) -> Self {
+    pub(crate) fn new(
+        name: &'static str,
+        outcome: &'static str,
+        elapsed: Duration,
+        waited: Duration,
+    ) -> Self {
         Self {
             name,
             outcome,
             elapsed,
+            waited,
         }
     }
 }

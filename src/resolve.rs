@@ -13,6 +13,7 @@ pub(crate) struct QueryEnd<T> {
     pub(crate) settled: Settled<Loaded<T>, BoxError>,
     pub(crate) stale: Option<(T, Duration)>,
     pub(crate) elapsed: Duration,
+    pub(crate) waited: Duration,
 }
 
 /// The outcome of a query named `name` that ended as `end`.
@@ -27,28 +28,28 @@ pub(crate) fn outcome<Q: DashboardQuery>(
     tenant: &TenantId,
     end: QueryEnd<Q::Output>,
 ) -> Outcome<Q::Output> {
+    let observed = |value, source| observed(name, tenant, value, source, end.elapsed, end.waited);
     let failure = match end.settled {
-        Settled::Ok(Loaded::Fresh(value)) => {
-            return observed(name, tenant, value, Source::Fresh, end.elapsed);
-        }
+        Settled::Ok(Loaded::Fresh(value)) => return observed(value, Source::Fresh),
         Settled::Ok(Loaded::Cached { value, age }) => {
-            return observed(name, tenant, value, Source::Cached { age }, end.elapsed);
+            return observed(value, Source::Cached { age });
         }
         Settled::Err(error) => failure_of(error),
         Settled::TimedOut => Failure::TimedOut,
         Settled::DeadlineExceeded => Failure::DeadlineExceeded,
         Settled::Panicked(message) => Failure::Panicked(message),
         Settled::LimiterClosed => Failure::LimiterClosed,
+        Settled::Shed => Failure::Shed,
     };
     if let Some((value, age)) = end.stale {
         let source = Source::Stale {
             age,
             cause: failure,
         };
-        return observed(name, tenant, value, source, end.elapsed);
+        return observed(value, source);
     }
     match catch_unwind(AssertUnwindSafe(|| query.fallback())) {
-        Ok(value) => observed(name, tenant, value, Source::Fallback(failure), end.elapsed),
+        Ok(value) => observed(value, Source::Fallback(failure)),
         Err(payload) => {
             log::fallback_panicked(tenant, name, &failure, &panic_message(&*payload));
             resume_unwind(payload)
@@ -88,15 +89,22 @@ fn observed<T>(
     value: T,
     source: Source,
     elapsed: Duration,
+    waited: Duration,
 ) -> Outcome<T> {
     log::query_finished(tenant, name, &source, elapsed);
     #[cfg(feature = "metrics")]
     crate::metrics::query_settled(name, source.label(), elapsed);
-    Outcome::new(value, source, elapsed)
+    Outcome::new(value, source, elapsed, waited)
 }
 
-/// Records the whole fan-out's metrics.
-pub(crate) fn fan_out_finished(_elapsed: Duration) {
+/// Records the whole fan-out's metrics: how long it took, its longest wait
+/// for a limiter's permit, and the fair limiter's queue length when it
+/// first waited, if it did.
+pub(crate) fn fan_out_finished(
+    _elapsed: Duration,
+    _longest_wait: Duration,
+    _queue_length: Option<usize>,
+) {
     #[cfg(feature = "metrics")]
-    crate::metrics::fan_out_finished(_elapsed);
+    crate::metrics::fan_out_finished(_elapsed, _longest_wait, _queue_length);
 }

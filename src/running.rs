@@ -10,11 +10,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::Settled;
 use crate::drive::{Ended, Recover};
+use crate::limiter::Permit;
 
 pin_project! {
     /// An input that has started. Resolves to its [`Ended`]: how its future
@@ -45,7 +45,7 @@ pin_project! {
         timer: Option<Sleep>,
         // Held, never read: dropping it hands the permit back. Released when
         // the input ends, before its lookup: a lookup holds no connection.
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Permit>,
     }
 
     impl<F, T, E, R: Recover> PinnedDrop for Running<F, T, E, R> {
@@ -75,7 +75,7 @@ where
         name: &'static str,
         started_at: Instant,
         expiry: Option<Instant>,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Permit>,
     ) -> Self {
         Self {
             input: Some(input),
@@ -185,6 +185,7 @@ where
             stale,
             started_at: *this.started_at,
             ended_at: *this.ended_at,
+            waited: std::time::Duration::ZERO,
         })
     }
 

@@ -39,6 +39,10 @@ pub enum Settled<T, E> {
     /// The shared [`limiter`](FanOut::limiter) was closed before the input
     /// could get a permit, so it never started.
     LimiterClosed,
+    /// A [`FairLimiter`](crate::FairLimiter) shed the input under load: it
+    /// could no longer get a permit in time to finish before the deadline,
+    /// so it never started.
+    Shed,
 }
 
 impl<T, E> Settled<T, E> {
@@ -101,12 +105,13 @@ impl<T, E> Settled<T, E> {
             Self::DeadlineExceeded => Settled::DeadlineExceeded,
             Self::Panicked(message) => Settled::Panicked(message),
             Self::LimiterClosed => Settled::LimiterClosed,
+            Self::Shed => Settled::Shed,
         }
     }
 
     /// A short, stable name for the variant, as used in the `outcome` field
     /// of log events: `ok`, `error`, `timed_out`, `deadline_exceeded`,
-    /// `panicked` or `limiter_closed`.
+    /// `panicked`, `limiter_closed` or `shed`.
     ///
     /// # Examples
     ///
@@ -121,12 +126,14 @@ impl<T, E> Settled<T, E> {
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Panicked(_) => "panicked",
             Self::LimiterClosed => "limiter_closed",
+            Self::Shed => "shed",
         }
     }
 }
 
 /// Describes how the input ended without its value: `ok`, `error`,
-/// `timed out`, `deadline exceeded`, `panicked: MESSAGE`, `limiter closed`.
+/// `timed out`, `deadline exceeded`, `panicked: MESSAGE`, `limiter closed`,
+/// `shed`.
 impl<T, E> std::fmt::Display for Settled<T, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -136,6 +143,7 @@ impl<T, E> std::fmt::Display for Settled<T, E> {
             Self::DeadlineExceeded => f.write_str("deadline exceeded"),
             Self::Panicked(message) => write!(f, "panicked: {message}"),
             Self::LimiterClosed => f.write_str("limiter closed"),
+            Self::Shed => f.write_str("shed"),
         }
     }
 }

@@ -1,0 +1,285 @@
+//! The fair limiter's queue: who holds permits, who waits for them, and
+//! which waiter the next free permit goes to.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroUsize;
+use std::task::Waker;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::TenantId;
+
+/// A tenant's key in the queue: `None` for fan-outs that have no tenant
+/// (`settle`, `stream`), which share one place in line.
+pub(crate) type Key = Option<TenantId>;
+
+/// The limiter's whole state, behind one mutex.
+pub(crate) struct Queue {
+    pub(crate) permits: usize,
+    pub(crate) available: usize,
+    pub(crate) cap: Option<NonZeroUsize>,
+    /// `(target, interval)` of the standing-queue rule, when set.
+    pub(crate) standing: Option<(Duration, Duration)>,
+    pub(crate) closed: bool,
+    tenants: HashMap<Key, Tenant>,
+    /// Permits wanted by waiters and not granted yet: the queue's length.
+    unmet: usize,
+    /// The last instant `unmet` was zero.
+    last_empty: Instant,
+    /// Grants made so far: the round-robin clock.
+    grants: u64,
+    /// Tenants and waiters created so far: their ids.
+    created: u64,
+    /// How long a permit is held, on average (an exponentially weighted
+    /// mean of recent holds, in nanoseconds): what a query needs to finish.
+    mean_hold: u64,
+}
+
+/// One tenant holding or waiting for permits. Removed once it does neither.
+struct Tenant {
+    held: usize,
+    weight: u64,
+    unmet: usize,
+    /// When it was last granted a permit (`grants` then), and when it was
+    /// created: the round-robin order among tenants holding as many.
+    last_served: u64,
+    created: u64,
+    /// In arrival order: within a tenant, first come, first served.
+    waiters: VecDeque<Waiter>,
+}
+
+/// One fan-out waiting for permits.
+struct Waiter {
+    id: u64,
+    /// Permits it wants now, granted ones included.
+    wanted: usize,
+    /// Permits granted to it and not taken yet.
+    granted: usize,
+    waker: Option<Waker>,
+}
+
+impl Waiter {
+    fn unmet(&self) -> usize {
+        self.wanted.saturating_sub(self.granted)
+    }
+}
+
+impl Queue {
+    pub(crate) fn new(permits: usize) -> Self {
+        Self {
+            permits,
+            available: permits,
+            cap: None,
+            standing: None,
+            closed: false,
+            tenants: HashMap::new(),
+            unmet: 0,
+            last_empty: Instant::now(),
+            grants: 0,
+            created: 0,
+            mean_hold: 0,
+        }
+    }
+
+    /// Permits wanted by waiters and not granted yet.
+    pub(crate) fn queued(&self) -> usize {
+        self.unmet
+    }
+
+    /// Tenants holding or waiting for permits.
+    pub(crate) fn tenants(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub(crate) fn mean_hold(&self) -> Duration {
+        Duration::from_nanos(self.mean_hold)
+    }
+
+    /// Whether permits have been wanted, without a moment's pause, for
+    /// longer than `interval`: a standing queue.
+    pub(crate) fn is_standing(&self, now: Instant, interval: Duration) -> bool {
+        self.unmet > 0 && now.saturating_duration_since(self.last_empty) > interval
+    }
+
+    /// Puts a new waiter of `key` at the back of its tenant's line; returns
+    /// its id. `weight` is used when the tenant is new.
+    pub(crate) fn join(&mut self, key: &Key, weight: u64) -> u64 {
+        self.created += 1;
+        let id = self.created;
+        let created = self.created;
+        let tenant = self.tenants.entry(key.clone()).or_insert_with(|| Tenant {
+            held: 0,
+            weight,
+            unmet: 0,
+            last_served: 0,
+            created,
+            waiters: VecDeque::new(),
+        });
+        tenant.waiters.push_back(Waiter {
+            id,
+            wanted: 0,
+            granted: 0,
+            waker: None,
+        });
+        id
+    }
+
+    /// Waiter `id` wants `wanted` permits in all (granted ones included);
+    /// it is woken by `waker` when one is granted. Grants what it can.
+    pub(crate) fn want(
+        &mut self,
+        key: &Key,
+        id: u64,
+        wanted: usize,
+        waker: &Waker,
+        now: Instant,
+        wake: &mut Vec<Waker>,
+    ) {
+        let Some(tenant) = self.tenants.get_mut(key) else {
+            return;
+        };
+        let Some(waiter) = tenant.waiters.iter_mut().find(|w| w.id == id) else {
+            return;
+        };
+        let before = waiter.unmet();
+        // Granted permits it no longer wants go back.
+        let excess = waiter.granted.saturating_sub(wanted);
+        waiter.granted -= excess;
+        waiter.wanted = wanted;
+        if !waiter.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            waiter.waker = Some(waker.clone());
+        }
+        let after = waiter.unmet();
+        tenant.held -= excess;
+        tenant.unmet = tenant.unmet + after - before;
+        self.unmet = self.unmet + after - before;
+        self.available += excess;
+        self.settle(now, wake);
+    }
+
+    /// Takes one permit granted to waiter `id`, if it has one.
+    pub(crate) fn take(&mut self, key: &Key, id: u64) -> bool {
+        let Some(waiter) = self
+            .tenants
+            .get_mut(key)
+            .and_then(|t| t.waiters.iter_mut().find(|w| w.id == id))
+        else {
+            return false;
+        };
+        if waiter.granted == 0 {
+            return false;
+        }
+        waiter.granted -= 1;
+        waiter.wanted -= 1;
+        true
+    }
+
+    /// Waiter `id` leaves the line: what it was granted and did not take
+    /// goes to the next in line.
+    pub(crate) fn leave(&mut self, key: &Key, id: u64, now: Instant, wake: &mut Vec<Waker>) {
+        let Some(tenant) = self.tenants.get_mut(key) else {
+            return;
+        };
+        let Some(at) = tenant.waiters.iter().position(|w| w.id == id) else {
+            return;
+        };
+        let waiter = tenant.waiters.remove(at).expect("position is in range");
+        tenant.held -= waiter.granted;
+        tenant.unmet -= waiter.unmet();
+        self.unmet -= waiter.unmet();
+        self.available += waiter.granted;
+        self.forget_if_idle(key);
+        self.settle(now, wake);
+    }
+
+    /// A permit of `key`'s, held for `held_for`, comes back.
+    pub(crate) fn release(
+        &mut self,
+        key: &Key,
+        held_for: Duration,
+        now: Instant,
+        wake: &mut Vec<Waker>,
+    ) {
+        if let Some(tenant) = self.tenants.get_mut(key) {
+            tenant.held -= 1;
+        }
+        self.available += 1;
+        // The weight of a new sample is 1/8, as in TCP's smoothed round-trip
+        // time: recent enough to follow a slowdown, steady under noise.
+        let sample = u64::try_from(held_for.as_nanos()).unwrap_or(u64::MAX);
+        self.mean_hold = if self.mean_hold == 0 {
+            sample
+        } else {
+            self.mean_hold - self.mean_hold / 8 + sample / 8
+        };
+        self.forget_if_idle(key);
+        self.settle(now, wake);
+    }
+
+    /// Every waiter leaves: the limiter is closed.
+    pub(crate) fn close(&mut self, wake: &mut Vec<Waker>) {
+        self.closed = true;
+        for tenant in self.tenants.values_mut() {
+            wake.extend(tenant.waiters.iter_mut().filter_map(|w| w.waker.take()));
+        }
+    }
+
+    fn forget_if_idle(&mut self, key: &Key) {
+        if self
+            .tenants
+            .get(key)
+            .is_some_and(|t| t.held == 0 && t.waiters.is_empty())
+        {
+            self.tenants.remove(key);
+        }
+    }
+
+    /// Grants free permits to waiters, then notes whether the queue is
+    /// empty.
+    fn settle(&mut self, now: Instant, wake: &mut Vec<Waker>) {
+        while self.available > 0 && self.unmet > 0 {
+            let Some(key) = self.next_tenant() else {
+                break; // every waiting tenant is at its cap
+            };
+            self.grants += 1;
+            let grants = self.grants;
+            let tenant = self.tenants.get_mut(&key).expect("next_tenant names a tenant");
+            let waiter = tenant
+                .waiters
+                .iter_mut()
+                .find(|w| w.unmet() > 0)
+                .expect("a tenant with unmet wants has a waiter wanting");
+            waiter.granted += 1;
+            wake.extend(waiter.waker.take());
+            tenant.held += 1;
+            tenant.unmet -= 1;
+            tenant.last_served = grants;
+            self.unmet -= 1;
+            self.available -= 1;
+        }
+        if self.unmet == 0 {
+            self.last_empty = now;
+        }
+    }
+
+    /// The waiting tenant the next permit goes to: the one holding the
+    /// fewest permits for its weight; among equals, the one served least
+    /// recently (round-robin), then the one that came first.
+    fn next_tenant(&self) -> Option<Key> {
+        let cap = self.cap.map_or(usize::MAX, NonZeroUsize::get);
+        self.tenants
+            .iter()
+            .filter(|(_, t)| t.unmet > 0 && t.held < cap)
+            .min_by(|(_, a), (_, b)| {
+                // a.held / a.weight against b.held / b.weight, in integers.
+                let a_share = a.held as u64 * b.weight;
+                let b_share = b.held as u64 * a.weight;
+                a_share
+                    .cmp(&b_share)
+                    .then(a.last_served.cmp(&b.last_served))
+                    .then(a.created.cmp(&b.created))
+            })
+            .map(|(key, _)| key.clone())
+    }
+}
