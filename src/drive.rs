@@ -415,7 +415,8 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        this.poll_ended(cx).map(|ended| ended.map(|ended| this.stamped(ended)))
+        this.poll_ended(cx)
+            .map(|ended| ended.map(|ended| this.stamped(ended)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

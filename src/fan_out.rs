@@ -490,7 +490,8 @@ impl FanOut {
     ) -> (Q::Outcomes, Report) {
         let span = tracing::info_span!("fan_out", tenant = %tenant);
         let (outcomes, report) = queries.run_set(self, tenant, true).instrument(span).await;
-        let report = report.unwrap_or_else(|| Report::new(tenant, Duration::ZERO, Vec::new(), None));
+        let report =
+            report.unwrap_or_else(|| Report::new(tenant, Duration::ZERO, Vec::new(), None));
         (outcomes, report)
     }
 

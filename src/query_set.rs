@@ -98,7 +98,12 @@ impl<Q: DashboardQuery> QuerySet for Vec<Q> {
                 .into_iter()
                 .zip(&outcomes)
                 .map(|(name, outcome)| {
-                    QueryReport::new(name, outcome.source.label(), outcome.elapsed, outcome.waited)
+                    QueryReport::new(
+                        name,
+                        outcome.source.label(),
+                        outcome.elapsed,
+                        outcome.waited,
+                    )
                 })
                 .collect();
             Report::new(tenant, started.elapsed(), queries, stream.queue_length())

@@ -88,8 +88,11 @@ pub(crate) fn stream<'a, Q: DashboardQuery>(
     fan_out: &FanOut,
     tenant: &TenantId,
     queries: &'a [Q],
-) -> impl Stream<Item = (usize, &'static str, Outcome<Q::Output>)> + QueueLength + Send + Unpin + use<'a, Q>
-{
+) -> impl Stream<Item = (usize, &'static str, Outcome<Q::Output>)>
++ QueueLength
++ Send
++ Unpin
++ use<'a, Q> {
     let owned = tenant.clone();
     let jobs = queries.iter().map(move |query| SliceJob {
         query,

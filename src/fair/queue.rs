@@ -244,7 +244,10 @@ impl Queue {
             };
             self.grants += 1;
             let grants = self.grants;
-            let tenant = self.tenants.get_mut(&key).expect("next_tenant names a tenant");
+            let tenant = self
+                .tenants
+                .get_mut(&key)
+                .expect("next_tenant names a tenant");
             let waiter = tenant
                 .waiters
                 .iter_mut()
