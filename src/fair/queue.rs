@@ -27,13 +27,16 @@ pub(crate) struct Queue {
     unmet: usize,
     /// The last instant `unmet` was zero.
     last_empty: Instant,
-    /// Grants made so far: the round-robin clock.
-    grants: u64,
-    /// Tenants and waiters created so far: their ids.
+    /// Grants made and waits begun so far: the round-robin clock.
+    turns: u64,
+    /// Waiters created so far: their ids.
     created: u64,
     /// How long a permit is held, on average (an exponentially weighted
     /// mean of recent holds, in nanoseconds): what a query needs to finish.
     mean_hold: u64,
+    /// Every grant, with the waiting tenants' shares just before it.
+    #[cfg(test)]
+    grants_log: Vec<tests::Grant>,
 }
 
 /// One tenant holding or waiting for permits. Removed once it does neither.
@@ -41,10 +44,9 @@ struct Tenant {
     held: usize,
     weight: u64,
     unmet: usize,
-    /// When it was last granted a permit (`grants` then), and when it was
-    /// created: the round-robin order among tenants holding as many.
+    /// When it was last granted a permit or began to wait (`turns` then):
+    /// the round-robin order among tenants holding as many.
     last_served: u64,
-    created: u64,
     /// In arrival order: within a tenant, first come, first served.
     waiters: VecDeque<Waiter>,
 }
@@ -76,9 +78,11 @@ impl Queue {
             tenants: HashMap::new(),
             unmet: 0,
             last_empty: Instant::now(),
-            grants: 0,
+            turns: 0,
             created: 0,
             mean_hold: 0,
+            #[cfg(test)]
+            grants_log: Vec::new(),
         }
     }
 
@@ -107,13 +111,11 @@ impl Queue {
     pub(crate) fn join(&mut self, key: &Key, weight: u64) -> u64 {
         self.created += 1;
         let id = self.created;
-        let created = self.created;
         let tenant = self.tenants.entry(key.clone()).or_insert_with(|| Tenant {
             held: 0,
             weight,
             unmet: 0,
             last_served: 0,
-            created,
             waiters: VecDeque::new(),
         });
         tenant.waiters.push_back(Waiter {
@@ -151,6 +153,11 @@ impl Queue {
             waiter.waker = Some(waker.clone());
         }
         let after = waiter.unmet();
+        if tenant.unmet == 0 && after > 0 {
+            // A tenant that begins to wait joins the round at its back.
+            self.turns += 1;
+            tenant.last_served = self.turns;
+        }
         tenant.held -= excess;
         tenant.unmet = tenant.unmet + after - before;
         self.unmet = self.unmet + after - before;
@@ -242,8 +249,10 @@ impl Queue {
             let Some(key) = self.next_tenant() else {
                 break; // every waiting tenant is at its cap
             };
-            self.grants += 1;
-            let grants = self.grants;
+            #[cfg(test)]
+            self.log_grant(&key);
+            self.turns += 1;
+            let turns = self.turns;
             let tenant = self
                 .tenants
                 .get_mut(&key)
@@ -257,7 +266,7 @@ impl Queue {
             wake.extend(waiter.waker.take());
             tenant.held += 1;
             tenant.unmet -= 1;
-            tenant.last_served = grants;
+            tenant.last_served = turns;
             self.unmet -= 1;
             self.available -= 1;
         }
@@ -267,8 +276,8 @@ impl Queue {
     }
 
     /// The waiting tenant the next permit goes to: the one holding the
-    /// fewest permits for its weight; among equals, the one served least
-    /// recently (round-robin), then the one that came first.
+    /// fewest permits for its weight; among equals, the one served (or
+    /// waiting) the longest: round-robin, newcomers at the back.
     fn next_tenant(&self) -> Option<Key> {
         let cap = self.cap.map_or(usize::MAX, NonZeroUsize::get);
         self.tenants
@@ -281,8 +290,178 @@ impl Queue {
                 a_share
                     .cmp(&b_share)
                     .then(a.last_served.cmp(&b.last_served))
-                    .then(a.created.cmp(&b.created))
             })
             .map(|(key, _)| key.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The queue's promises, as properties over random arrivals, wants,
+    //! departures and releases from random tenants.
+
+    use std::collections::HashMap;
+    use std::task::Waker;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use tokio::time::Instant;
+
+    use super::{Key, Queue};
+    use crate::TenantId;
+
+    /// One grant: to whom, and every tenant eligible just before it, with
+    /// `(held, weight)`.
+    pub(crate) struct Grant {
+        to: Key,
+        eligible: Vec<(Key, usize, u64)>,
+        /// Tenants with waiting work, at their cap or not.
+        waiting: usize,
+    }
+
+    impl Queue {
+        pub(super) fn log_grant(&mut self, to: &Key) {
+            let cap = self.cap.map_or(usize::MAX, std::num::NonZeroUsize::get);
+            let eligible = self
+                .tenants
+                .iter()
+                .filter(|(_, t)| t.unmet > 0 && t.held < cap)
+                .map(|(key, t)| (key.clone(), t.held, t.weight))
+                .collect();
+            let waiting = self.tenants.values().filter(|t| t.unmet > 0).count();
+            self.grants_log.push(Grant {
+                to: to.clone(),
+                eligible,
+                waiting,
+            });
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A fan-out of tenant `.0` joins, wanting `.1` permits.
+        Join(u8, usize),
+        /// The `.0`-th running query (modulo) ends.
+        Release(usize),
+        /// The `.0`-th waiting fan-out (modulo) is dropped.
+        Leave(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..6u8, 1..7usize).prop_map(|(t, n)| Op::Join(t, n)),
+            4 => any::<usize>().prop_map(Op::Release),
+            1 => any::<usize>().prop_map(Op::Leave),
+        ]
+    }
+
+    fn key(tenant: u8) -> Key {
+        Some(TenantId::new(format!("tenant-{tenant}")).unwrap())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Every grant goes to a tenant holding the fewest for its weight;
+        /// no waiting tenant is passed over for one holding as many or more
+        /// more times in a row than there are waiting tenants; permits are
+        /// conserved; a free permit never sits beside an eligible waiter;
+        /// an idle tenant leaves no state.
+        #[test]
+        fn grants_are_fair_and_conserve_permits(
+            permits in 1..8usize,
+            weighted in any::<bool>(),
+            cap in proptest::option::of(1..4usize),
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let mut queue = Queue::new(permits);
+            queue.cap = cap.and_then(std::num::NonZeroUsize::new);
+            let now = Instant::now();
+            let waker = Waker::noop();
+            let mut waiters: Vec<(Key, u64)> = Vec::new();
+            let mut running: Vec<Key> = Vec::new();
+            // Per tenant: how many grants in a row passed it over for a
+            // tenant holding as many, and the most tenants waiting during
+            // that streak.
+            let mut skips: HashMap<Key, (usize, usize)> = HashMap::new();
+            let mut checked = 0;
+            for op in ops {
+                let mut wake = Vec::new();
+                match op {
+                    Op::Join(tenant, wanted) => {
+                        let key = key(tenant);
+                        if queue.tenants.get(&key).is_none_or(|t| t.unmet == 0) {
+                            // A tenant that starts waiting again joins the
+                            // round at its back: a new streak.
+                            skips.remove(&key);
+                        }
+                        let weight = if weighted { u64::from(tenant % 3) + 1 } else { 1 };
+                        let id = queue.join(&key, weight);
+                        queue.want(&key, id, wanted, waker, now, &mut wake);
+                        waiters.push((key, id));
+                    }
+                    Op::Release(n) if !running.is_empty() => {
+                        let key = running.swap_remove(n % running.len());
+                        queue.release(&key, Duration::from_millis(5), now, &mut wake);
+                    }
+                    Op::Leave(n) if !waiters.is_empty() => {
+                        let (key, id) = waiters.remove(n % waiters.len());
+                        queue.leave(&key, id, now, &mut wake);
+                    }
+                    Op::Release(_) | Op::Leave(_) => {}
+                }
+                // Each fan-out takes what it was granted and starts it.
+                for (key, id) in &waiters {
+                    while queue.take(key, *id) {
+                        running.push(key.clone());
+                    }
+                }
+                for grant in &queue.grants_log[checked..] {
+                    let share = |held: usize, weight: u64| (held as u64, weight);
+                    let (_, to_held, to_weight) = grant
+                        .eligible
+                        .iter()
+                        .find(|(k, _, _)| *k == grant.to)
+                        .expect("granted to an eligible tenant")
+                        .clone();
+                    let waiting = grant.waiting;
+                    for (key, held, weight) in &grant.eligible {
+                        let (a, b) = (share(to_held, to_weight), share(*held, *weight));
+                        // to_held / to_weight <= held / weight
+                        prop_assert!(a.0 * b.1 <= b.0 * a.1, "granted to a larger share");
+                        if *key == grant.to {
+                            skips.remove(key);
+                        } else if a.0 * b.1 == b.0 * a.1 {
+                            // Passed over for a tenant holding as many.
+                            let (count, most) = skips.entry(key.clone()).or_default();
+                            *count += 1;
+                            *most = (*most).max(waiting);
+                            prop_assert!(*count <= *most, "{key:?} skipped {count} times, at most {most} waiting");
+                        }
+                    }
+                    // A tenant no longer eligible starts its count afresh.
+                    skips.retain(|k, _| grant.eligible.iter().any(|(e, _, _)| e == k));
+                }
+                checked = queue.grants_log.len();
+                skips.retain(|k, _| queue.tenants.contains_key(k));
+                let held: usize = queue.tenants.values().map(|t| t.held).sum();
+                prop_assert_eq!(queue.available + held, permits);
+                prop_assert_eq!(held, running.len() + queue.tenants.values().flat_map(|t| &t.waiters).map(|w| w.granted).sum::<usize>());
+                let cap = queue.cap.map_or(usize::MAX, std::num::NonZeroUsize::get);
+                if queue.available > 0 {
+                    prop_assert!(queue.tenants.values().all(|t| t.unmet == 0 || t.held >= cap));
+                }
+                prop_assert!(queue.tenants.values().all(|t| t.held > 0 || !t.waiters.is_empty()));
+            }
+            // Everyone leaves and every query ends: nothing remains.
+            let mut wake = Vec::new();
+            for (key, id) in waiters.drain(..) {
+                queue.leave(&key, id, now, &mut wake);
+            }
+            for key in running.drain(..) {
+                queue.release(&key, Duration::from_millis(5), now, &mut wake);
+            }
+            prop_assert_eq!((queue.available, queue.unmet, queue.tenants.len()), (permits, 0, 0));
+        }
     }
 }
