@@ -58,13 +58,33 @@ pub(crate) fn input_settled<T, E, V>(
     }
 }
 
-/// A query of a dashboard, once its outcome is known: DEBUG when fresh or
-/// cached, WARN when stale or a fallback, ERROR when it panicked.
-pub(crate) fn query_finished(tenant: &TenantId, query: &str, source: &Source, elapsed: Duration) {
+/// A query of a dashboard, once its outcome is known: DEBUG when fresh,
+/// cached or shed under load (a limiter's deliberate choice, counted in
+/// metrics; a WARN for each would flood the logs exactly when the service
+/// is busiest), WARN when stale or a fallback, ERROR when it panicked.
+pub(crate) fn query_finished(
+    tenant: &TenantId,
+    query: &str,
+    source: &Source,
+    elapsed: Duration,
+    waited: Duration,
+) {
     let tenant = tenant.as_str();
     let outcome = source.label();
     let elapsed_ms = millis(elapsed);
     match source {
+        Source::Fallback(Failure::Shed)
+        | Source::Stale {
+            cause: Failure::Shed,
+            ..
+        } => tracing::debug!(
+            tenant,
+            query,
+            outcome,
+            waited_ms = millis(waited),
+            stale = matches!(source, Source::Stale { .. }),
+            "query shed under load; not started"
+        ),
         Source::Fresh => tracing::debug!(tenant, query, outcome, elapsed_ms, "query succeeded"),
         Source::Cached { age } => {
             tracing::debug!(

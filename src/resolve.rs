@@ -91,7 +91,7 @@ fn observed<T>(
     elapsed: Duration,
     waited: Duration,
 ) -> Outcome<T> {
-    log::query_finished(tenant, name, &source, elapsed);
+    log::query_finished(tenant, name, &source, elapsed, waited);
     #[cfg(feature = "metrics")]
     crate::metrics::query_settled(name, source.label(), elapsed);
     Outcome::new(value, source, elapsed, waited)

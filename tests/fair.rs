@@ -1,6 +1,8 @@
 //! Fair admission between tenants and load shedding (`FairLimiter`), in
 //! virtual time: each test's instants are exact.
 
+mod support;
+
 use std::future::Future;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::panic::AssertUnwindSafe;
@@ -549,4 +551,68 @@ async fn permits_never_leak_under_cancellation_and_panics() {
         (limiter.available(), limiter.queued(), limiter.tenants()),
         (4, 0, 0)
     );
+}
+
+/// A query with a last good value: shed, it shows that value.
+struct WithStale(Timed);
+
+impl DashboardQuery for WithStale {
+    type Output = u64;
+    type Error = std::io::Error;
+
+    fn name(&self) -> &'static str {
+        "with_stale"
+    }
+
+    async fn run(&self, ctx: QueryContext) -> Result<u64, std::io::Error> {
+        self.0.run(ctx).await
+    }
+
+    fn fallback(&self) -> u64 {
+        0
+    }
+
+    async fn stale(&self, _tenant: &TenantId) -> Option<(u64, Duration)> {
+        Some((41, ms(30_000)))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shed_widget_shows_its_stale_value_and_logs_at_debug() {
+    let capture = support::Capture::default();
+    let _guard = capture.install();
+    let limiter = FairLimiter::new(1);
+    warm(&limiter, ms(100)).await;
+    let rig = Rig::new();
+    let busy = FanOut::new().fair_limiter(limiter.clone());
+    let hog = tokio::spawn(async move {
+        busy.settle([async { sleep(ms(1_000)).await; Ok::<_, ()>(()) }]).await
+    });
+    tokio::task::yield_now().await;
+    let fan_out = FanOut::new().deadline(ms(300)).fair_limiter(limiter.clone());
+    let (stale, plain) = fan_out
+        .run(&tenant("tenant-b"), (WithStale(rig.query(50)), rig.query(50)))
+        .await;
+    assert!(matches!(stale.source, Source::Stale { cause: Failure::Shed, .. }));
+    assert_eq!((stale.value, stale.waited), (41, ms(200)));
+    assert!(matches!(plain.source, Source::Fallback(Failure::Shed)));
+    hog.await.unwrap();
+    let events = capture.events();
+    let shed: Vec<_> = events
+        .iter()
+        .filter(|e| e.field("outcome").is_some_and(|o| o == "stale" || o == "shed"))
+        .collect();
+    assert_eq!(shed.len(), 2);
+    for event in shed {
+        assert_eq!(event.level, tracing::Level::DEBUG, "{event:?}");
+        assert_eq!(event.field("tenant"), Some("tenant-b"));
+        assert_eq!(event.field("waited_ms"), Some("200.0"));
+    }
+    let fan_out_event = events
+        .iter()
+        .find(|e| e.field("message") == Some("queries shed"))
+        .expect("the fan-out says it was shed");
+    assert_eq!(fan_out_event.level, tracing::Level::DEBUG);
+    assert_eq!(fan_out_event.field("reason"), Some("no_time_left"));
+    assert!(events.iter().all(|e| e.level > tracing::Level::WARN || e.field("outcome").is_none()));
 }
