@@ -95,6 +95,7 @@
 //! | is running or waiting when the deadline passes | `DeadlineExceeded`       | `Fallback(Failure::DeadlineExceeded)`       | WARN  |
 //! | panics                                       | `Panicked(message)`        | `Fallback(Failure::Panicked(message))`      | ERROR |
 //! | waits on a [closed limiter](FanOut::limiter) | `LimiterClosed`            | `Fallback(Failure::LimiterClosed)`          | WARN  |
+//! | is shed by a [`FairLimiter`] under load      | `Shed`                     | `Fallback(Failure::Shed)`                   | DEBUG |
 //!
 //! With a cache (feature `cache`), a value served from it is
 //! `Source::Cached { age }` (DEBUG), and a failed query with a last good
@@ -115,6 +116,18 @@
 //!   untouched. (The query values you pass are yours: they are dropped
 //!   when the call returns.) Only a failed query whose `fallback()` panics
 //!   has no value at all: see `# Panics` on [`FanOut::run`].
+//!
+//! # Under load
+//!
+//! [`FanOut::limiter`] bounds every request of a service together with one
+//! FIFO semaphore sized to the connection pool. In a multi-tenant service,
+//! [`FanOut::fair_limiter`] with a [`FairLimiter`] shares those permits
+//! fairly between tenants (one tenant's hundred dashboards wait behind each
+//! other, not in front of everyone else's) and sheds what cannot finish in
+//! time: a widget that could no longer get a permit before its deadline
+//! degrades at once (`Stale` or `Fallback(Failure::Shed)`) instead of
+//! starting a query the deadline would cut off. [`Outcome::waited`] and
+//! [`Report::queue_length`] show the wait.
 //!
 //! # Features
 //!

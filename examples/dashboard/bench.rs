@@ -49,8 +49,9 @@ pub async fn run(
     statement_overhead(pool).await?;
     let single = (args.dashboards / 4).max(50);
     println!(
-        "load: pool {} with a shared limiter of {} permits, {} tenants; timeout {} ms, deadline {} ms\n",
+        "load: pool {} with a shared {} limiter of {} permits, {} tenants; timeout {} ms, deadline {} ms\n",
         args.pool,
+        if args.fair { "fair" } else { "FIFO" },
         args.pool,
         tenants.len(),
         args.timeout_ms,

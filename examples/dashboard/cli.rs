@@ -20,12 +20,21 @@ options:
   --timeout MS         each query's timeout (default 2000)
   --deadline MS        the whole dashboard's deadline (default 3000)
   --pool N             connections in the pool, and permits of the shared limiter (default 10)
+  --limiter KIND       fair: permits shared fairly between tenants, shedding what cannot finish
+                       in time (the default); fifo: one first-come, first-served semaphore
+  --queue-target MS    fair: under a standing queue, how long a dashboard waits for its first
+                       permit before it degrades (default 50)
+  --queue-interval MS  fair: the longest wait for a first permit, and how long the queue must
+                       go without emptying to count as standing (default 500)
+  --tenant-cap N       fair: the most permits one tenant holds at once (default: no cap)
   --cache              serve widgets through an in-process cache (TTL, coalescing, stale-if-error)
   --cache-ttl SECS     --cache: how long a value is served (default 30; stale for 10 minutes more)
   --redis URL          --cache: share the cache through Redis (build with --features redis)
   --bench              load mode: sequential vs concurrent vs cached, for a fixed number of dashboards
   --clients C          --bench: concurrent clients (default 32)
   --dashboards N       --bench: dashboards per mode (default 2000)
+  --capacity           load mode: a capacity curve and a noisy neighbour, fifo against fair
+  --seconds S          --capacity: how long each point runs (default 4)
   -h, --help           this text
 
 widgets: total_revenue, outstanding, child_count, invoice_stats, recent_payments, arrears";
@@ -46,6 +55,12 @@ pub struct Args {
     pub bench: bool,
     pub clients: usize,
     pub dashboards: usize,
+    pub fair: bool,
+    pub queue_target_ms: u64,
+    pub queue_interval_ms: u64,
+    pub tenant_cap: Option<std::num::NonZeroUsize>,
+    pub capacity: bool,
+    pub seconds: u64,
 }
 
 /// What the command line asked for.
@@ -74,6 +89,12 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
         bench: false,
         clients: 32,
         dashboards: 2000,
+        fair: true,
+        queue_target_ms: 50,
+        queue_interval_ms: 500,
+        tenant_cap: None,
+        capacity: false,
+        seconds: 4,
     };
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
@@ -95,6 +116,24 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
             Long("bench") => parsed.bench = true,
             Long("clients") => parsed.clients = positive(&mut parser, "--clients")?,
             Long("dashboards") => parsed.dashboards = positive(&mut parser, "--dashboards")?,
+            Long("limiter") => {
+                parsed.fair = match text(&mut parser, "--limiter")?.as_str() {
+                    "fair" => true,
+                    "fifo" => false,
+                    other => return Err(format!("--limiter {other}: expected fair or fifo")),
+                }
+            }
+            Long("queue-target") => {
+                parsed.queue_target_ms = positive(&mut parser, "--queue-target")?
+            }
+            Long("queue-interval") => {
+                parsed.queue_interval_ms = positive(&mut parser, "--queue-interval")?
+            }
+            Long("tenant-cap") => {
+                parsed.tenant_cap = std::num::NonZeroUsize::new(positive(&mut parser, "--tenant-cap")?)
+            }
+            Long("capacity") => parsed.capacity = true,
+            Long("seconds") => parsed.seconds = positive(&mut parser, "--seconds")?,
             Short('h') | Long("help") => return Ok(Parsed::Help),
             other => return Err(format!("{}; see --help", other.unexpected())),
         }
@@ -103,6 +142,9 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
         return Err(format!(
             "{both} is both --slow-query and --break-query; pick one"
         ));
+    }
+    if parsed.bench && parsed.capacity {
+        return Err("--bench and --capacity are two load modes: pick one".to_owned());
     }
     if parsed.redis.is_some() && !parsed.cache {
         return Err("--redis shares the cache: add --cache".to_owned());

@@ -12,6 +12,7 @@
 //! cargo run --example dashboard -- --slow-query arrears --break-query outstanding
 //! cargo run --example dashboard -- --cache --cache-ttl 2 --break-query outstanding
 //! cargo run --release --example dashboard -- --bench
+//! cargo run --release --example dashboard -- --capacity
 //! ```
 //!
 //! With `DATABASE_URL` set it uses that database (in a schema of its own,
@@ -19,6 +20,7 @@
 //! server binaries installed on this machine and removes it on exit.
 
 mod bench;
+mod capacity;
 mod cli;
 mod db;
 mod flags;
@@ -31,12 +33,13 @@ mod throwaway_pg;
 mod widgets;
 
 use std::fmt::Display;
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanout::cache::{CachePolicy, QueryCache};
-use fanout::{FanOut, Outcome, TenantId};
+use fanout::{FairLimiter, FanOut, Outcome, TenantId};
 use tokio::sync::Semaphore;
 
 use cli::{Args, Parsed};
@@ -60,7 +63,7 @@ fn main() -> ExitCode {
     };
     // Degraded widgets log one WARN each: the point of the demo. Under load
     // they would drown the report, so --bench shows errors only.
-    let level = if args.bench {
+    let level = if args.bench || args.capacity {
         tracing::Level::ERROR
     } else {
         tracing::Level::WARN
@@ -89,18 +92,45 @@ async fn run(args: Args) -> Result<(), String> {
 
     let pool = db::pool(database.config.clone(), args.pool, Duration::from_secs(5))?;
     // One limiter for every dashboard, sized to the pool: a query never
-    // waits for a connection while its timeout runs.
-    let limiter = Arc::new(Semaphore::new(args.pool));
-    let concurrent = FanOut::new()
+    // waits for a connection while its timeout runs. The fair one shares
+    // the pool between tenants and sheds what could not finish in time.
+    let planned = FanOut::new()
         .timeout(Duration::from_millis(args.timeout_ms))
-        .deadline(Duration::from_millis(args.deadline_ms))
-        .limiter(limiter);
+        .deadline(Duration::from_millis(args.deadline_ms));
+    let fifo = planned.clone().limiter(Arc::new(Semaphore::new(args.pool)));
+    let fair_limiter = || {
+        FairLimiter::new(args.pool).standing_queue(
+            Duration::from_millis(args.queue_target_ms),
+            Duration::from_millis(args.queue_interval_ms),
+        )
+    };
+    let capped = args
+        .tenant_cap
+        .unwrap_or(NonZeroUsize::new(args.pool.div_ceil(2)).unwrap_or(NonZeroUsize::MIN));
+    let fair_capped = planned.clone().fair_limiter(fair_limiter().tenant_cap(capped));
+    let fair = match args.tenant_cap {
+        Some(cap) => planned.fair_limiter(fair_limiter().tenant_cap(cap)),
+        None => planned.fair_limiter(fair_limiter()),
+    };
+    let concurrent = if args.fair { fair.clone() } else { fifo.clone() };
     let sequential = concurrent.clone().sequential();
     let mode = setup::modes(&args.slow, &args.broken);
     let policy = CachePolicy::ttl(Duration::from_secs(args.cache_ttl_secs))
         .stale_if_error(Duration::from_secs(600));
     let caching = caching(&args, policy).await?;
 
+    if args.capacity {
+        let tenants: Vec<TenantId> = (1..=args.tenants)
+            .map(|n| TenantId::new(seed::tenant_id(n)).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let dashboard = Arc::new(layers::layer(widgets::dashboard(&pool, mode), None));
+        let limiters = capacity::Limiters {
+            fifo,
+            fair,
+            fair_capped: (capped.get(), fair_capped),
+        };
+        return capacity::run(dashboard, &tenants, &limiters, args.seconds).await;
+    }
     if args.bench {
         let tenants: Vec<TenantId> = (1..=args.tenants)
             .map(|n| TenantId::new(seed::tenant_id(n)).map_err(|e| e.to_string()))
