@@ -227,7 +227,9 @@ impl FanOut {
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
     /// // One permit, busy for a second; a fan-out due in half a second
-    /// // cannot get it in time, so its input is shed at once.
+    /// // waits for it until its deadline. (Once the limiter has measured
+    /// // how long queries hold a permit, such an input leaves earlier, as
+    /// // `Settled::Shed`, when too little time is left to finish.)
     /// let limiter = FairLimiter::new(1);
     /// let busy = FanOut::new().fair_limiter(limiter.clone());
     /// let hurried = busy.clone().deadline(Duration::from_millis(500));

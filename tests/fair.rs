@@ -586,21 +586,39 @@ async fn a_shed_widget_shows_its_stale_value_and_logs_at_debug() {
     let rig = Rig::new();
     let busy = FanOut::new().fair_limiter(limiter.clone());
     let hog = tokio::spawn(async move {
-        busy.settle([async { sleep(ms(1_000)).await; Ok::<_, ()>(()) }]).await
+        busy.settle([async {
+            sleep(ms(1_000)).await;
+            Ok::<_, ()>(())
+        }])
+        .await
     });
     tokio::task::yield_now().await;
-    let fan_out = FanOut::new().deadline(ms(300)).fair_limiter(limiter.clone());
+    let fan_out = FanOut::new()
+        .deadline(ms(300))
+        .fair_limiter(limiter.clone());
     let (stale, plain) = fan_out
-        .run(&tenant("tenant-b"), (WithStale(rig.query(50)), rig.query(50)))
+        .run(
+            &tenant("tenant-b"),
+            (WithStale(rig.query(50)), rig.query(50)),
+        )
         .await;
-    assert!(matches!(stale.source, Source::Stale { cause: Failure::Shed, .. }));
+    assert!(matches!(
+        stale.source,
+        Source::Stale {
+            cause: Failure::Shed,
+            ..
+        }
+    ));
     assert_eq!((stale.value, stale.waited), (41, ms(200)));
     assert!(matches!(plain.source, Source::Fallback(Failure::Shed)));
     hog.await.unwrap();
     let events = capture.events();
     let shed: Vec<_> = events
         .iter()
-        .filter(|e| e.field("outcome").is_some_and(|o| o == "stale" || o == "shed"))
+        .filter(|e| {
+            e.field("outcome")
+                .is_some_and(|o| o == "stale" || o == "shed")
+        })
         .collect();
     assert_eq!(shed.len(), 2);
     for event in shed {
@@ -614,5 +632,9 @@ async fn a_shed_widget_shows_its_stale_value_and_logs_at_debug() {
         .expect("the fan-out says it was shed");
     assert_eq!(fan_out_event.level, tracing::Level::DEBUG);
     assert_eq!(fan_out_event.field("reason"), Some("no_time_left"));
-    assert!(events.iter().all(|e| e.level > tracing::Level::WARN || e.field("outcome").is_none()));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.level > tracing::Level::WARN || e.field("outcome").is_none())
+    );
 }

@@ -52,7 +52,13 @@ pub async fn run(
     let modes = [("fifo", &limiters.fifo), ("fair", &limiters.fair)];
     // Warm the pool and the statements, then find saturation: the clients
     // it takes to keep the pool busy (throughput at load x latency alone).
-    closed_loop(&limiters.fifo, &dashboard, &classes(tenants, 8, &[]), span / 2).await;
+    closed_loop(
+        &limiters.fifo,
+        &dashboard,
+        &classes(tenants, 8, &[]),
+        span / 2,
+    )
+    .await;
     let alone = closed_loop(&limiters.fifo, &dashboard, &classes(tenants, 1, &[]), span).await;
     let busy = closed_loop(&limiters.fifo, &dashboard, &classes(tenants, 64, &[]), span).await;
     let capacity = busy.0.all.len() as f64 / span.as_secs_f64();
@@ -169,15 +175,21 @@ async fn closed_loop_split(
     let tasks: Vec<_> = plan
         .iter()
         .map(|(tenant, flooder)| {
-            let (fan_out, dashboard, tenant, flooder) =
-                (fan_out.clone(), Arc::clone(dashboard), tenant.clone(), *flooder);
+            let (fan_out, dashboard, tenant, flooder) = (
+                fan_out.clone(),
+                Arc::clone(dashboard),
+                tenant.clone(),
+                *flooder,
+            );
             tokio::spawn(async move {
                 let mut m = Measured::default();
                 while Instant::now() < until {
                     let begun = Instant::now();
                     let (a, b, c, d, e, f) = fan_out.run(&tenant, layers::refs(&dashboard)).await;
                     let elapsed = begun.elapsed();
-                    let sources = [&a.source, &b.source, &c.source, &d.source, &e.source, &f.source];
+                    let sources = [
+                        &a.source, &b.source, &c.source, &d.source, &e.source, &f.source,
+                    ];
                     m.all.push(elapsed);
                     if sources.iter().all(|s| s.is_fresh()) {
                         m.fresh.push(elapsed);
@@ -186,7 +198,16 @@ async fn closed_loop_split(
                         match source.label() {
                             "fresh" | "cached" => {}
                             "shed" => m.shed += 1,
-                            _ if matches!(source, fanout::Source::Stale { cause: fanout::Failure::Shed, .. }) => m.shed += 1,
+                            _ if matches!(
+                                source,
+                                fanout::Source::Stale {
+                                    cause: fanout::Failure::Shed,
+                                    ..
+                                }
+                            ) =>
+                            {
+                                m.shed += 1
+                            }
                             _ => m.degraded += 1,
                         }
                     }
@@ -198,7 +219,11 @@ async fn closed_loop_split(
     let (mut normal, mut flood) = (Measured::default(), Measured::default());
     for task in tasks {
         if let Ok((flooder, m)) = task.await {
-            if flooder { flood.merge(m) } else { normal.merge(m) }
+            if flooder {
+                flood.merge(m)
+            } else {
+                normal.merge(m)
+            }
         }
     }
     (normal, started.elapsed(), flood)

@@ -23,9 +23,9 @@ options:
   --limiter KIND       fair: permits shared fairly between tenants, shedding what cannot finish
                        in time (the default); fifo: one first-come, first-served semaphore
   --queue-target MS    fair: under a standing queue, how long a dashboard waits for its first
-                       permit before it degrades (default 50)
+                       permit before it degrades (default 20)
   --queue-interval MS  fair: the longest wait for a first permit, and how long the queue must
-                       go without emptying to count as standing (default 500)
+                       go without emptying to count as standing (default 100)
   --tenant-cap N       fair: the most permits one tenant holds at once (default: no cap)
   --cache              serve widgets through an in-process cache (TTL, coalescing, stale-if-error)
   --cache-ttl SECS     --cache: how long a value is served (default 30; stale for 10 minutes more)
@@ -90,8 +90,8 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
         clients: 32,
         dashboards: 2000,
         fair: true,
-        queue_target_ms: 50,
-        queue_interval_ms: 500,
+        queue_target_ms: 20,
+        queue_interval_ms: 100,
         tenant_cap: None,
         capacity: false,
         seconds: 4,
@@ -130,7 +130,8 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
                 parsed.queue_interval_ms = positive(&mut parser, "--queue-interval")?
             }
             Long("tenant-cap") => {
-                parsed.tenant_cap = std::num::NonZeroUsize::new(positive(&mut parser, "--tenant-cap")?)
+                parsed.tenant_cap =
+                    std::num::NonZeroUsize::new(positive(&mut parser, "--tenant-cap")?)
             }
             Long("capacity") => parsed.capacity = true,
             Long("seconds") => parsed.seconds = positive(&mut parser, "--seconds")?,

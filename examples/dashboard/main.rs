@@ -107,12 +107,18 @@ async fn run(args: Args) -> Result<(), String> {
     let capped = args
         .tenant_cap
         .unwrap_or(NonZeroUsize::new(args.pool.div_ceil(2)).unwrap_or(NonZeroUsize::MIN));
-    let fair_capped = planned.clone().fair_limiter(fair_limiter().tenant_cap(capped));
+    let fair_capped = planned
+        .clone()
+        .fair_limiter(fair_limiter().tenant_cap(capped));
     let fair = match args.tenant_cap {
         Some(cap) => planned.fair_limiter(fair_limiter().tenant_cap(cap)),
         None => planned.fair_limiter(fair_limiter()),
     };
-    let concurrent = if args.fair { fair.clone() } else { fifo.clone() };
+    let concurrent = if args.fair {
+        fair.clone()
+    } else {
+        fifo.clone()
+    };
     let sequential = concurrent.clone().sequential();
     let mode = setup::modes(&args.slow, &args.broken);
     let policy = CachePolicy::ttl(Duration::from_secs(args.cache_ttl_secs))

@@ -26,12 +26,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
 use fanout::dynamic::{Widget, WidgetRegistry};
-use fanout::{DashboardQuery, FanOut, Outcome, TenantId};
+use fanout::{DashboardQuery, FairLimiter, FanOut, Outcome, TenantId};
 use futures_util::{Stream, StreamExt, stream};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use crate::widgets::{self, Mode};
 
@@ -57,18 +57,22 @@ impl AppState {
     /// The six widgets on `pool`, each behaving as `mode` says for its
     /// name, under `limits`; one limiter of as many permits as the pool
     /// has connections serves every request, so a query never waits for a
-    /// connection while its timeout runs.
+    /// connection while its timeout runs. The limiter is fair between
+    /// tenants and sheds under overload: a dashboard waits at most 100 ms
+    /// for its first permit (20 ms once the queue has stood that long),
+    /// then degrades instead of answering late.
     pub fn new(
         pool: Pool,
         limits: Limits,
         mode: impl Fn(&str) -> Mode,
         metrics: PrometheusHandle,
     ) -> Self {
-        let limiter = Arc::new(Semaphore::new(pool.status().max_size));
+        let limiter = FairLimiter::new(pool.status().max_size)
+            .standing_queue(Duration::from_millis(20), Duration::from_millis(100));
         let fan_out = FanOut::new()
             .timeout(limits.timeout)
             .deadline(limits.deadline)
-            .limiter(limiter);
+            .fair_limiter(limiter);
         let (revenue, outstanding, children, invoices, payments, arrears) =
             widgets::dashboard(&pool, mode);
         let mut registry = WidgetRegistry::new();

@@ -63,7 +63,7 @@ options:
   --break-query NAME   that widget's query fails (repeatable)
   --timeout MS         each query's timeout (default 2000)
   --deadline MS        the whole dashboard's deadline (default 3000)
-  --pool N             connections in the pool, and permits of the shared limiter (default 10)
+  --pool N             connections in the pool, and permits of the shared fair limiter (default 10)
   -h, --help           this text
 
 widgets: total_revenue, outstanding, child_count, invoice_stats, recent_payments, arrears";

@@ -121,9 +121,10 @@ impl FairLimiter {
     }
 
     /// Each tenant's weight: a tenant of weight 2 is served as if it held
-    /// half the permits it holds (a paid tier, say). Called once each time
-    /// a tenant starts waiting or holding permits, outside the limiter's
-    /// lock; a panic in it counts as weight 1 (and is logged).
+    /// half the permits it holds (a paid tier, say). Called once per
+    /// fan-out, outside the limiter's lock; a tenant keeps the weight it
+    /// had when it began to hold or wait for permits. A panic in it counts
+    /// as weight 1 (and is logged).
     ///
     /// Applies to every clone of this limiter.
     ///
