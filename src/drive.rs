@@ -141,7 +141,7 @@ pub(crate) struct Drive<It: Iterator, J: Job> {
     /// The fan-out's place in a fair limiter's line, and its tenant there.
     ticket: Option<Ticket>,
     tenant: Option<TenantId>,
-    /// The fair limiter's queue length when this fan-out first waited.
+    /// The fair limiter's queue length when this fan-out joined its line.
     queue_length: Option<usize>,
     limiter_closed: bool,
     /// Set when the fair limiter sent this fan-out away: what has not
@@ -222,8 +222,7 @@ where
     }
 
     /// The fair limiter's queue length (permits wanted by other fan-outs)
-    /// when this fan-out first waited for a permit; `None` when it never
-    /// waited in a fair limiter's line.
+    /// when this fan-out joined its line; `None` without a fair limiter.
     pub(crate) fn queue_length(&self) -> Option<usize> {
         self.queue_length
     }

@@ -68,8 +68,8 @@ pub const REDIS_DECODE_FAILURES: &str = "fanout_redis_decode_failures_total";
 pub const QUEUE_WAIT: &str = "fanout_queue_wait_seconds";
 
 /// Histogram of a [`FairLimiter`](crate::FairLimiter)'s queue length
-/// (permits wanted by other fan-outs) when a dashboard fan-out first waited
-/// in its line; fan-outs that never waited record nothing.
+/// (permits wanted by other fan-outs, not granted yet) when a dashboard
+/// fan-out joined its line; fan-outs without a fair limiter record nothing.
 ///
 /// # Examples
 ///

@@ -123,7 +123,7 @@ struct Outcomes<'a, D, Q> {
 /// What a stream of outcomes can tell of its fan-out's place in a fair
 /// limiter's line.
 pub(crate) trait QueueLength {
-    /// The queue's length when the fan-out first waited, if it did.
+    /// The queue's length when the fan-out joined its line, if it has one.
     fn queue_length(&self) -> Option<usize>;
 }
 

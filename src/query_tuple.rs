@@ -195,7 +195,7 @@ impl<'a> Iterator for TupleJobs<'a> {
 }
 
 /// Runs a tuple's members as one fan-out; returns how each ended, in input
-/// order, and the fair limiter's queue length when it first waited.
+/// order, and the fair limiter's queue length when it joined its line.
 pub(crate) async fn run(
     fan_out: &FanOut,
     tenant: &TenantId,

@@ -54,8 +54,9 @@ pub struct Report {
     /// One entry per query, in input order.
     pub queries: Vec<QueryReport>,
     /// The [`FairLimiter`](crate::FairLimiter)'s queue length (permits
-    /// wanted by other fan-outs) when this fan-out first waited in its
-    /// line; `None` when it never waited in one.
+    /// wanted by other fan-outs, not granted yet) when this fan-out joined
+    /// its line, which every fan-out under a fair limiter does on its first
+    /// poll; `None` without a fair limiter.
     pub queue_length: Option<usize>,
 }
 

@@ -99,7 +99,7 @@ fn observed<T>(
 
 /// Records the whole fan-out's metrics: how long it took, its longest wait
 /// for a limiter's permit, and the fair limiter's queue length when it
-/// first waited, if it did.
+/// joined its line, if it has one.
 pub(crate) fn fan_out_finished(
     _elapsed: Duration,
     _longest_wait: Duration,

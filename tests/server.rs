@@ -547,4 +547,7 @@ async fn metrics_count_query_outcomes() {
     }
     assert!(after.contains("fanout_query_duration_seconds"), "{after}");
     assert!(after.contains("fanout_fan_out_duration_seconds"), "{after}");
+    // The server's fair limiter: every dashboard joins its line.
+    assert!(after.contains("fanout_queue_wait_seconds"), "{after}");
+    assert!(after.contains("fanout_queue_length"), "{after}");
 }

@@ -39,6 +39,9 @@ impl Measured {
 pub struct Limiters {
     pub fifo: FanOut,
     pub fair: FanOut,
+    /// The fair limiter without the standing-queue rule: only a query that
+    /// could no longer finish before its deadline is shed.
+    pub fair_deadline_only: FanOut,
     pub fair_capped: (usize, FanOut),
 }
 
@@ -49,7 +52,6 @@ pub async fn run(
     seconds: u64,
 ) -> Result<(), String> {
     let span = Duration::from_secs(seconds);
-    let modes = [("fifo", &limiters.fifo), ("fair", &limiters.fair)];
     // Warm the pool and the statements, then find saturation: the clients
     // it takes to keep the pool busy (throughput at load x latency alone).
     closed_loop(
@@ -69,19 +71,24 @@ pub async fn run(
         stats::ms(latency)
     );
     println!(
-        "| clients | x sat. | limiter | dashboards/s | fully fresh/s | fresh p50 | fresh p95 | all p95 | shed widgets | other degraded |"
+        "| clients | x sat. | limiter             | dashboards/s | fully fresh/s | fresh p50 | fresh p95 | all p95 | shed widgets | other degraded |"
     );
     println!(
-        "|--------:|-------:|---------|-------------:|--------------:|----------:|----------:|--------:|-------------:|---------------:|"
+        "|--------:|-------:|---------------------|-------------:|--------------:|----------:|----------:|--------:|-------------:|---------------:|"
     );
+    let curve = [
+        ("fifo", &limiters.fifo),
+        ("fair, deadline only", &limiters.fair_deadline_only),
+        ("fair", &limiters.fair),
+    ];
     for multiple in [1, 2, 5, 10, 20, 50, 100, 200] {
         let clients = saturation * multiple;
-        for (name, fan_out) in modes {
+        for (name, fan_out) in curve {
             let (m, wall) =
                 closed_loop(fan_out, &dashboard, &classes(tenants, clients, &[]), span).await;
             let per_s = |n: usize| n as f64 / wall.as_secs_f64();
             println!(
-                "| {clients:>7} | {multiple:>5}x | {name:<7} | {:>12.1} | {:>13.1} | {:>9} | {:>9} | {:>7} | {:>12} | {:>14} |",
+                "| {clients:>7} | {multiple:>5}x | {name:<19} | {:>12.1} | {:>13.1} | {:>9} | {:>9} | {:>7} | {:>12} | {:>14} |",
                 per_s(m.all.len()),
                 per_s(m.fresh.len()),
                 stats::ms(m.fresh.p(50)),
@@ -102,14 +109,15 @@ pub async fn run(
         "\nnoisy neighbour: {quiet_clients} quiet tenants with one client each; {flooder} floods with {flood_clients} clients\n"
     );
     println!(
-        "| limiter     | flood | quiet dashboards/s | quiet fresh p50 | quiet fresh p95 | quiet all p95 | quiet shed widgets | flooder dashboards/s |"
+        "| limiter             | flood | quiet dashboards/s | quiet fresh p50 | quiet fresh p95 | quiet all p95 | quiet shed widgets | flooder dashboards/s |"
     );
     println!(
-        "|-------------|-------|-------------------:|----------------:|----------------:|--------------:|-------------------:|---------------------:|"
+        "|---------------------|-------|-------------------:|----------------:|----------------:|--------------:|-------------------:|---------------------:|"
     );
     let capped_name = format!("fair, cap {}", limiters.fair_capped.0);
     let with_cap = [
         ("fifo", &limiters.fifo),
+        ("fair, deadline only", &limiters.fair_deadline_only),
         ("fair", &limiters.fair),
         (capped_name.as_str(), &limiters.fair_capped.1),
     ];
@@ -121,7 +129,7 @@ pub async fn run(
             let (m, wall, flood_m) = closed_loop_split(fan_out, &dashboard, &plan, span).await;
             let per_s = |n: usize| n as f64 / wall.as_secs_f64();
             println!(
-                "| {name:<11} | {:<5} | {:>18.1} | {:>15} | {:>15} | {:>13} | {:>18} | {:>20.1} |",
+                "| {name:<19} | {:<5} | {:>18.1} | {:>15} | {:>15} | {:>13} | {:>18} | {:>20.1} |",
                 if flood { "yes" } else { "no" },
                 per_s(m.all.len()),
                 stats::ms(m.fresh.p(50)),
@@ -132,7 +140,7 @@ pub async fn run(
             );
             if flood {
                 println!(
-                    "| {name:<11} | ratio | quiet fresh p95 with the flood is {:.2}x without |  |  |  |  |",
+                    "| {name:<19} | ratio | quiet fresh p95 with the flood is {:.2}x without |  |  |  |  |",
                     stats::ratio(m.fresh.p(95), calm_p95)
                 );
             } else {

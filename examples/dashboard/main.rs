@@ -98,6 +98,7 @@ async fn run(args: Args) -> Result<(), String> {
         .timeout(Duration::from_millis(args.timeout_ms))
         .deadline(Duration::from_millis(args.deadline_ms));
     let fifo = planned.clone().limiter(Arc::new(Semaphore::new(args.pool)));
+    let planned_again = planned.clone();
     let fair_limiter = || {
         FairLimiter::new(args.pool).standing_queue(
             Duration::from_millis(args.queue_target_ms),
@@ -132,6 +133,7 @@ async fn run(args: Args) -> Result<(), String> {
         let dashboard = Arc::new(layers::layer(widgets::dashboard(&pool, mode), None));
         let limiters = capacity::Limiters {
             fifo,
+            fair_deadline_only: planned_again.fair_limiter(FairLimiter::new(args.pool)),
             fair,
             fair_capped: (capped.get(), fair_capped),
         };

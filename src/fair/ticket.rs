@@ -79,7 +79,7 @@ impl Ticket {
         }
     }
 
-    /// The queue's length when this fan-out first waited, if it did.
+    /// The queue's length when this fan-out joined the line.
     pub(crate) fn queue_length(&self) -> Option<usize> {
         self.queue_length
     }
