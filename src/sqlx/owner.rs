@@ -141,6 +141,7 @@ async fn end_transaction(mut conn: PoolConnection<Postgres>, command: &str) -> R
         Ok(_) => Ok(()),
         Err(error) => {
             // The transaction may still be open: never hand it on.
+            tracing::warn!(%error, "{command} failed: closing the connection");
             drop(conn.detach());
             Err(error)
         }
@@ -155,6 +156,7 @@ async fn end(conn: PoolConnection<Postgres>, error: &Error, command: &str) {
     if matches!(error, Error::Database(_)) {
         let _ = end_transaction(conn, command).await;
     } else {
+        tracing::warn!(%error, "query failed outside the database: closing the connection");
         drop(conn.detach());
     }
 }
