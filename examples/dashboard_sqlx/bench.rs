@@ -130,11 +130,17 @@ async fn one(
         }
         _ => {
             let client = deadpool.get().await.map_err(|e| e.to_string())?;
-            let statement = client.prepare_cached(sql).await.map_err(|e| e.to_string())?;
+            let statement = client
+                .prepare_cached(sql)
+                .await
+                .map_err(|e| e.to_string())?;
             let id = tenant.as_str();
             let with_tenant: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-            let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
-                if sql.contains("$1") { &with_tenant } else { &[] };
+            let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = if sql.contains("$1") {
+                &with_tenant
+            } else {
+                &[]
+            };
             let rows = if variant == 5 {
                 client.query(&statement, params).await
             } else {

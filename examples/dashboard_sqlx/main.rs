@@ -121,7 +121,9 @@ fn parse() -> Result<Option<Args>, String> {
         }
     }
     if let Some(both) = args.slow.intersection(&args.broken).next() {
-        return Err(format!("{both} is both --slow-query and --break-query; pick one"));
+        return Err(format!(
+            "{both} is both --slow-query and --break-query; pick one"
+        ));
     }
     Ok(Some(args))
 }
@@ -186,7 +188,12 @@ async fn run(args: Args) -> Result<(), String> {
     print_widget("invoice_stats", &invoices);
     print_widget("recent_payments", &payments);
     print_widget("arrears", &arrears);
-    println!("  {:<16} {:<64} {:>10}", "whole dashboard", "", stats::ms(whole));
+    println!(
+        "  {:<16} {:<64} {:>10}",
+        "whole dashboard",
+        "",
+        stats::ms(whole)
+    );
 
     let mut samples = stats::Samples::default();
     for _ in 0..args.rounds {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_postgres::config::Host;
 
 /// sqlx connect options equivalent to `config` (host, port, user,

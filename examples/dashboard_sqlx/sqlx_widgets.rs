@@ -89,7 +89,10 @@ pub fn decode_invoice_stats(rows: &[PgRow]) -> Result<InvoiceStats, sqlx::Error>
             amount: Cents(r.try_get(2)?),
         })
     };
-    rows.iter().map(row).collect::<Result<_, _>>().map(InvoiceStats)
+    rows.iter()
+        .map(row)
+        .collect::<Result<_, _>>()
+        .map(InvoiceStats)
 }
 
 pub fn decode_recent_payments(rows: &[PgRow]) -> Result<RecentPayments, sqlx::Error> {

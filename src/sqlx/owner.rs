@@ -96,10 +96,7 @@ pub(super) async fn run(
 
 /// Whether the caller's future is gone.
 fn caller_gone(hung_up: &mut oneshot::Receiver<()>) -> bool {
-    !matches!(
-        hung_up.try_recv(),
-        Err(oneshot::error::TryRecvError::Empty)
-    )
+    !matches!(hung_up.try_recv(), Err(oneshot::error::TryRecvError::Empty))
 }
 
 /// Runs the opening batch (simple protocol, one round trip) and returns the
@@ -114,7 +111,10 @@ async fn backend_pid(conn: &mut PgConnection, opening: &str) -> Result<i32, Erro
 /// Boxed, as every sqlx future this task awaits: the compiler cannot prove
 /// sqlx's executor futures `Send` for every lifetime, which `tokio::spawn`
 /// asks (rust-lang/rust#102211); a `BoxFuture` states it.
-fn simple<'c>(conn: &'c mut PgConnection, sql: &'c str) -> BoxFuture<'c, Result<Vec<PgRow>, Error>> {
+fn simple<'c>(
+    conn: &'c mut PgConnection,
+    sql: &'c str,
+) -> BoxFuture<'c, Result<Vec<PgRow>, Error>> {
     conn.fetch_all(::sqlx::raw_sql(sql))
 }
 

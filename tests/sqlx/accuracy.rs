@@ -22,7 +22,10 @@ async fn every_widget_over_sqlx_matches_independent_sql_for_every_tenant() {
         for (name, source) in widgets::NAMES.iter().zip([
             &a.source, &b.source, &c.source, &d.source, &e.source, &f.source,
         ]) {
-            assert!(source.is_fresh(), "{tenant}: {name} was not fresh: {source}");
+            assert!(
+                source.is_fresh(),
+                "{tenant}: {name} was not fresh: {source}"
+            );
         }
         let expected = expected(&client, &tenant).await;
         assert_eq!(a.value, expected.0, "{tenant}: total_revenue");
@@ -51,7 +54,8 @@ async fn expected(
     widgets::Arrears,
 ) {
     let rows = |name: &'static str| {
-        let statement = crate::sql::named(crate::sql::VERIFY, name).expect("verify.sql names every widget");
+        let statement =
+            crate::sql::named(crate::sql::VERIFY, name).expect("verify.sql names every widget");
         async move {
             client
                 .query(statement, &[&tenant.as_str()])

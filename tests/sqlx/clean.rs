@@ -11,7 +11,10 @@ fn ctx(deadline_in: Option<Duration>) -> QueryContext {
 }
 
 fn code(error: &sqlx::Error) -> Option<String> {
-    error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned())
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned())
 }
 
 #[tokio::test]
@@ -65,7 +68,9 @@ async fn a_deadline_already_passed_fails_on_the_server_and_the_pool_stays_clean(
     );
     // statement_timeout = 25 ms (the grace): a 1 s statement cannot finish.
     let query = sqlx::query("SELECT pg_sleep(1)");
-    let error = fanout::sqlx::fetch_all(&pool, &passed, query).await.unwrap_err();
+    let error = fanout::sqlx::fetch_all(&pool, &passed, query)
+        .await
+        .unwrap_err();
     assert_eq!(code(&error).as_deref(), Some("57014"), "{error:?}");
     crate::assert_pool_clean(&pool, 1, &monitor, APP, "a deadline already passed").await;
 }

@@ -59,7 +59,9 @@ async fn plain_sqlx_dropped_between_set_and_reset_returns_the_setting_to_the_poo
     let by_hand = async {
         let mut conn = pool.acquire().await?;
         conn.execute("SET statement_timeout = 60000").await?;
-        let rows = sqlx::query("SELECT pg_sleep(0.3)").fetch_all(&mut *conn).await;
+        let rows = sqlx::query("SELECT pg_sleep(0.3)")
+            .fetch_all(&mut *conn)
+            .await;
         conn.execute("RESET statement_timeout").await?;
         rows
     };

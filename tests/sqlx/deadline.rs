@@ -27,9 +27,15 @@ async fn past_its_deadline_the_statement_stops_on_the_server_and_the_pool_of_one
         "{}",
         arrears.source
     );
-    let drained = crate::drained(&monitor, APP, "pg_sleep(30)", returned, Duration::from_secs(3))
-        .await
-        .expect("the statement still ran 3 s after the fan-out returned");
+    let drained = crate::drained(
+        &monitor,
+        APP,
+        "pg_sleep(30)",
+        returned,
+        Duration::from_secs(3),
+    )
+    .await
+    .expect("the statement still ran 3 s after the fan-out returned");
     eprintln!("deadline: the statement left the server {drained:?} after the fan-out returned");
     assert!(
         drained <= Duration::from_millis(100),
@@ -42,7 +48,10 @@ async fn past_its_deadline_the_statement_stops_on_the_server_and_the_pool_of_one
     let next_query = next.elapsed();
     eprintln!("deadline: the next query on the pool of one took {next_query:?}");
     assert_eq!(row.get::<i32, _>(0), 42);
-    assert!(next_query < Duration::from_secs(1), "the next query waited {next_query:?}");
+    assert!(
+        next_query < Duration::from_secs(1),
+        "the next query waited {next_query:?}"
+    );
     crate::assert_pool_clean(&pool, 1, &monitor, APP, "a deadline").await;
 }
 
@@ -60,15 +69,24 @@ async fn a_hang_up_without_a_deadline_cancels_the_statement_on_the_server() {
     };
     let started = Instant::now();
     while crate::backends(&monitor, APP, "active", "pg_sleep(30)").await < 1 {
-        assert!(started.elapsed() < Duration::from_secs(5), "the statement never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the statement never started"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     client.abort();
     assert!(client.await.unwrap_err().is_cancelled());
     let hung_up = Instant::now();
-    let drained = crate::drained(&monitor, APP, "pg_sleep(30)", hung_up, Duration::from_secs(3))
-        .await
-        .expect("the statement still ran 3 s after the hang-up");
+    let drained = crate::drained(
+        &monitor,
+        APP,
+        "pg_sleep(30)",
+        hung_up,
+        Duration::from_secs(3),
+    )
+    .await
+    .expect("the statement still ran 3 s after the hang-up");
     eprintln!("hang-up: the statement left the server {drained:?} after the drop");
     assert!(
         drained <= Duration::from_millis(100),

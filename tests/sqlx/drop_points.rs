@@ -66,7 +66,10 @@ async fn wait(micros: u64) {
 fn context(rng: &mut Rng, tenant: TenantId) -> (QueryContext, &'static str) {
     let now = tokio::time::Instant::now();
     match rng.below(3) {
-        0 => (QueryContext::new(tenant, Some(now + Duration::from_secs(10))), "far"),
+        0 => (
+            QueryContext::new(tenant, Some(now + Duration::from_secs(10))),
+            "far",
+        ),
         1 => {
             let near = Duration::from_millis(rng.below(20));
             (QueryContext::new(tenant, Some(now + near)), "near")
@@ -88,7 +91,11 @@ async fn random_drops_against_pg_sleep_leave_the_pool_of_one_clean() {
         let (ctx, deadline) = context(&mut rng, TenantId::new("t1").unwrap());
         // Up to 3 ms spinning covers checkout, BEGIN, a short statement and
         // COMMIT; the rest lands mid-statement or after it.
-        let drop_after = if rng.below(2) == 0 { rng.below(3_000) } else { rng.below(30_000) };
+        let drop_after = if rng.below(2) == 0 {
+            rng.below(3_000)
+        } else {
+            rng.below(30_000)
+        };
         let query = sqlx::query("SELECT pg_sleep($1::float8 / 1000), 7").bind(sleep_ms as f64);
         let dropped = async {
             tokio::select! {
@@ -111,7 +118,10 @@ async fn random_drops_against_pg_sleep_leave_the_pool_of_one_clean() {
         }
         crate::assert_pool_clean(&pool, 1, &monitor, APP, &what).await;
     }
-    eprintln!("drop points, pg_sleep: 150 cases in {:?}", started.elapsed());
+    eprintln!(
+        "drop points, pg_sleep: 150 cases in {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 //! deadline, drops at random points, and a control showing what plain sqlx
 //! does when dropped the same way.
 
+#[allow(dead_code)] // its deadpool pool is the tokio-postgres tests'
 #[path = "../../examples/dashboard/db.rs"]
 mod db;
 #[path = "../../examples/dashboard/seed.rs"]
@@ -128,7 +129,10 @@ pub async fn assert_pool_clean(
         .fetch_one(&mut **conn)
         .await
         .unwrap_or_else(|e| panic!("after {after}: the check failed: {e}"));
-        assert!(row.get::<bool, _>(0), "after {after}: a transaction is open");
+        assert!(
+            row.get::<bool, _>(0),
+            "after {after}: a transaction is open"
+        );
         assert_eq!(
             row.get::<String, _>(1),
             "0",
