@@ -27,9 +27,10 @@
 //!   reads the statement to its end, waits for the cancel to be served, and
 //!   rolls the transaction back. Only then does the connection go back to
 //!   the pool: idle, outside any transaction, `statement_timeout` at its
-//!   own default. A dropped query's transaction is always rolled back, even
-//!   when its statement had finished: its caller never learned that it
-//!   succeeded.
+//!   own default. A query dropped before its statement's answer arrived is
+//!   always rolled back, even when the statement had finished on the
+//!   server: its caller never learned that it succeeded. (Dropped once the
+//!   answer is in, it is committed, as if the caller had ignored it.)
 //! - **Bounded by the server.** `N` is the time left before
 //!   [`QueryContext::deadline`] plus [`SERVER_GRACE`]; without a deadline
 //!   there is no `SET LOCAL` (and no limit). The server stops the statement
@@ -122,7 +123,8 @@ pub const SERVER_GRACE: Duration = Duration::from_millis(25);
 /// from encoding an argument (`Encode`, before anything is sent), from the
 /// statement (`Database`; a statement stopped by the server-side deadline
 /// fails with SQLSTATE `57014`), or from `COMMIT`. `WorkerCrashed` if the
-/// runtime shut down while the query ran.
+/// runtime shut down while the query ran; `Configuration` when called
+/// outside a Tokio runtime.
 ///
 /// # Examples
 ///
@@ -178,10 +180,13 @@ where
     Q: Execute<'q, Postgres>,
 {
     let request = request(ctx, query)?;
+    let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+        Error::Configuration(format!("fanout::sqlx needs a Tokio runtime: {e}").into())
+    })?;
     let conn = pool.acquire().await?;
     // Dropped with this future: the task then knows its caller is gone.
     let (_alive, hung_up) = oneshot::channel::<()>();
-    let task = tokio::spawn(owner::run(conn, pool.clone(), request, hung_up));
+    let task = runtime.spawn(owner::run(conn, pool.clone(), request, hung_up));
     match task.await {
         Ok(result) => result,
         Err(error) => match error.try_into_panic() {

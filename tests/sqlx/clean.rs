@@ -74,3 +74,26 @@ async fn a_deadline_already_passed_fails_on_the_server_and_the_pool_stays_clean(
     assert_eq!(code(&error).as_deref(), Some("57014"), "{error:?}");
     crate::assert_pool_clean(&pool, 1, &monitor, APP, "a deadline already passed").await;
 }
+
+/// Outside a Tokio runtime there is nowhere to spawn the task that owns
+/// the connection: a typed error, before any connection is checked out.
+#[test]
+fn outside_a_runtime_is_a_configuration_error_not_a_panic() {
+    use futures_util::FutureExt;
+    // sqlx builds (and drops) a pool only inside a runtime; the query is
+    // then polled outside it, as by another executor.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pool = {
+        let _inside = runtime.enter();
+        sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap()
+    };
+    let ctx = QueryContext::new(TenantId::new("t1").unwrap(), None);
+    let query = fanout::sqlx::fetch_all(&pool, &ctx, sqlx::query("SELECT 1"));
+    let result = query.now_or_never().expect("answers on its first poll");
+    let _inside = runtime.enter();
+    drop(pool);
+    assert!(
+        matches!(&result, Err(sqlx::Error::Configuration(message)) if message.to_string().contains("Tokio runtime")),
+        "{result:?}"
+    );
+}

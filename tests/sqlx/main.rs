@@ -155,3 +155,17 @@ pub async fn wall_clock() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
 }
+
+/// The helpers' futures are `Send`, so a widget built on them runs in a
+/// spawned task or a multi-threaded server.
+#[allow(dead_code)] // checked at compile time, never called
+fn helpers_are_send(pool: &PgPool, ctx: &fanout::QueryContext) {
+    fn send<T: Send>(_: T) {}
+    send(fanout::sqlx::fetch_all(pool, ctx, sqlx::query("SELECT 1")));
+    send(fanout::sqlx::fetch_one(pool, ctx, sqlx::query("SELECT 1")));
+    send(fanout::sqlx::fetch_optional(
+        pool,
+        ctx,
+        sqlx::raw_sql("SELECT 1"),
+    ));
+}
