@@ -59,7 +59,8 @@ pub(super) async fn run(
         }
     };
     if caller_gone(&mut hung_up) {
-        // Dropped before the statement was sent: nothing to cancel.
+        // Dropped before the statement was sent: nothing to cancel. (No
+        // one receives this task's result from here on.)
         let _ = end_transaction(conn, "ROLLBACK").await;
         return Err(Error::WorkerCrashed);
     }
