@@ -13,10 +13,11 @@ use crate::stats::{self, Samples};
 use crate::{db, sql, sqlx_db};
 
 /// The variants, in the order they are printed.
-const VARIANTS: [&str; 7] = [
+const VARIANTS: [&str; 8] = [
     "sqlx, plain",
     "sqlx, fanout::sqlx::fetch_all",
     "sqlx, BEGIN; SET LOCAL · statement · COMMIT (inline, no task)",
+    "sqlx, the same with SELECT pg_backend_pid() in the batch (inline, no task)",
     "sqlx, Pool::begin · set_config(.., true) · statement · commit",
     "sqlx, SET · statement · RESET (session)",
     "tokio-postgres, plain",
@@ -109,6 +110,18 @@ async fn one(
             rows
         }
         3 => {
+            let mut conn = pool.acquire().await.map_err(e)?;
+            let pid: i32 =
+                sqlx::raw_sql("BEGIN; SET LOCAL statement_timeout = 2025; SELECT pg_backend_pid()")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .and_then(|row| sqlx::Row::try_get(&row, 0))
+                    .map_err(e)?;
+            let rows = query().fetch_all(&mut *conn).await.map_err(e)?.len();
+            conn.execute("COMMIT").await.map_err(e)?;
+            rows + usize::from(pid == 0)
+        }
+        4 => {
             let mut tx = pool.begin().await.map_err(e)?;
             sqlx::query("SELECT set_config('statement_timeout', $1, true)")
                 .bind("2025")
@@ -119,7 +132,7 @@ async fn one(
             tx.commit().await.map_err(e)?;
             rows
         }
-        4 => {
+        5 => {
             let mut conn = pool.acquire().await.map_err(e)?;
             conn.execute("SET statement_timeout = 2025")
                 .await
@@ -141,7 +154,7 @@ async fn one(
             } else {
                 &[]
             };
-            let rows = if variant == 5 {
+            let rows = if variant == 6 {
                 client.query(&statement, params).await
             } else {
                 fanout::postgres::query(&client, &ctx(tenant), &statement, params).await

@@ -54,9 +54,10 @@
 //! costs a new connection for the cancel (a fork on the server, a few
 //! milliseconds). BENCHMARKS.md ("sqlx: what the helper costs") has the
 //! figures: in one run on the project's 2-core machine, `SELECT 1` took a
-//! median of 0.14 ms through plain sqlx and 0.37 ms through the helper
-//! (0.27 ms for the same three round trips inline, without the task and
-//! the process id), and a real widget 6.32 ms and 6.75 ms.
+//! median of 0.17 ms through plain sqlx and 0.43 ms through the helper
+//! (0.31 ms for the same three round trips inline, 0.38 ms with the
+//! process id; the task is the rest), and a real widget 6.27 ms and
+//! 6.88 ms.
 //!
 //! # Before you use it
 //!
