@@ -33,8 +33,9 @@
 //!   answer is in, it is committed, as if the caller had ignored it.)
 //! - **Bounded by the server.** `N` is the time left before
 //!   [`QueryContext::deadline`] plus [`SERVER_GRACE`]; without a deadline
-//!   there is no `SET LOCAL` (and no limit). The server stops the statement
-//!   even when the cancel cannot be sent.
+//!   there is no `SET LOCAL` and no limit (the transaction is still opened,
+//!   so that the process id is that of the statement's backend). The server
+//!   stops the statement even when the cancel cannot be sent.
 //! - **Anything but a database error closes the connection.** An I/O or
 //!   protocol error in any step, or a failed `COMMIT`/`ROLLBACK`, leaves the
 //!   connection in a state the helper cannot vouch for: it is closed
@@ -46,18 +47,18 @@
 //! Three round trips per query against sqlx's one (the opening batch, the
 //! statement, `COMMIT`): sqlx waits for each request's answer before it
 //! sends the next, so unlike `fanout::postgres` on tokio-postgres the three
-//! cannot be pipelined. Cheaper orders were measured and lose something:
-//! `set_config('statement_timeout', $1, true)` after `Pool::begin` is four
-//! round trips; a session `SET` and `RESET` around the statement is also
-//! three, and is not safe behind PgBouncer in transaction mode. The
-//! spawned task and the copied SQL cost microseconds. A dropped query
-//! costs a new connection for the cancel (a fork on the server, a few
-//! milliseconds). BENCHMARKS.md ("sqlx: what the helper costs") has the
-//! figures: in one run on the project's 2-core machine, `SELECT 1` took a
-//! median of 0.17 ms through plain sqlx and 0.43 ms through the helper
-//! (0.31 ms for the same three round trips inline, 0.38 ms with the
-//! process id; the task is the rest), and a real widget 6.27 ms and
-//! 6.88 ms.
+//! cannot be pipelined. The alternatives were measured: `Pool::begin` then
+//! `set_config('statement_timeout', $1, true)` is a fourth round trip; a
+//! session `SET` and `RESET` around the statement is also three, but leaks
+//! the setting when dropped and is not safe behind PgBouncer in transaction
+//! mode. The process id in the opening batch and the spawned task cost
+//! about 0.07 and 0.05 ms. A dropped query costs a new connection for the
+//! cancel (a fork on the server, a few milliseconds). BENCHMARKS.md ("sqlx:
+//! what the helper costs") has the figures: in one run on the project's
+//! 2-core machine, `SELECT 1` took a median of 0.17 ms through plain sqlx
+//! and 0.43 ms through the helper (0.31 ms for the same three round trips
+//! inline, 0.38 ms with the process id; the task is the rest), and a real
+//! widget 6.27 ms and 6.88 ms.
 //!
 //! # Before you use it
 //!
@@ -75,6 +76,10 @@
 //! - **Whole results.** The task reads every row before answering (as
 //!   `fetch_all` does); [`fetch_one`] and [`fetch_optional`] return the
 //!   first.
+//! - **TLS.** This crate turns on no sqlx TLS feature; turn on the one you
+//!   use (`sqlx/tls-rustls`, ...) in your own `Cargo.toml`. The cancel
+//!   connection is made with the pool's own options, so it uses the same
+//!   TLS settings as the pool.
 //! - **The pool's capacity.** A dropped query's connection stays checked
 //!   out until its statement has stopped: a few milliseconds after the
 //!   drop, the time the cancel takes.
