@@ -135,6 +135,7 @@
 //! |------------|------|
 //! | `cache`    | [`cache`]: per-query TTL, one execution per (tenant, query) for concurrent callers, stale-if-error, `warm` (moka) |
 //! | `postgres` | [`postgres`]: run a tokio-postgres statement under the query's deadline, enforced by the server, and cancelled on the server when the query is dropped |
+//! | `sqlx`     | [`sqlx`](mod@sqlx): run a sqlx query under the query's deadline, enforced by the server, from a task that owns the pooled connection until it is clean, cancelling the statement on the server when the query is dropped |
 //! | `serde`    | [`dynamic`]: widget sets chosen at run time, values as `serde_json::Value` |
 //! | `metrics`  | [`metrics`]: query outcome counters and latency histograms through the `metrics` facade |
 //!
@@ -191,6 +192,9 @@ mod report;
 mod resolve;
 mod running;
 mod settled;
+#[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+pub mod sqlx;
 mod tenant;
 
 pub use fair::FairLimiter;
