@@ -285,11 +285,7 @@ impl DashboardQuery for Widget {
 
     fn run(&self, ctx: QueryContext) -> impl Future<Output = Result<Value, WidgetError>> + Send {
         let load = self.0.load(ctx);
-        async move {
-            match load.await.map_err(WidgetError)? {
-                Loaded::Fresh(value) | Loaded::Cached { value, .. } => Ok(value),
-            }
-        }
+        async move { Ok(load.await.map_err(WidgetError)?.into_value()) }
     }
 
     fn load(
@@ -342,13 +338,9 @@ where
 
     fn load(&self, ctx: QueryContext) -> BoxedLoad<'_> {
         Box::pin(async move {
-            Ok(match DashboardQuery::load(self, ctx).await? {
-                Loaded::Fresh(value) => Loaded::Fresh(serde_json::to_value(value)?),
-                Loaded::Cached { value, age } => Loaded::Cached {
-                    value: serde_json::to_value(value)?,
-                    age,
-                },
-            })
+            Ok(DashboardQuery::load(self, ctx)
+                .await?
+                .try_map(serde_json::to_value)?)
         })
     }
 

@@ -86,7 +86,7 @@ pub(crate) fn query_finished(
             "query shed under load; not started"
         ),
         Source::Fresh => tracing::debug!(tenant, query, outcome, elapsed_ms, "query succeeded"),
-        Source::Cached { age } => {
+        Source::Cached { age } | Source::Refreshing { age } => {
             tracing::debug!(
                 tenant,
                 query,

@@ -145,7 +145,7 @@ impl<T> Outcome<T> {
     pub fn failure(&self) -> Option<&Failure> {
         match &self.source {
             Source::Fallback(failure) | Source::Stale { cause: failure, .. } => Some(failure),
-            Source::Fresh | Source::Cached { .. } => None,
+            Source::Fresh | Source::Cached { .. } | Source::Refreshing { .. } => None,
         }
     }
 
@@ -177,6 +177,14 @@ pub enum Source {
     /// The value came from a cache, computed `age` ago and still within its
     /// time to live.
     Cached {
+        /// How long ago the value was computed.
+        age: Duration,
+    },
+    /// The value came from a cache, computed `age` ago and still within its
+    /// time to live, but past its refresh point: a reload is replacing it in
+    /// the background
+    /// ([`CachePolicy::refresh_after`](crate::cache::CachePolicy::refresh_after)).
+    Refreshing {
         /// How long ago the value was computed.
         age: Duration,
     },
@@ -221,8 +229,8 @@ impl Source {
     }
 
     /// A short, stable name for the source, as used in the `outcome` field
-    /// of log events and metrics: `fresh`, `cached`, `stale`, or for a
-    /// fallback the failure's [`label`](Failure::label).
+    /// of log events and metrics: `fresh`, `cached`, `refreshing`, `stale`,
+    /// or for a fallback the failure's [`label`](Failure::label).
     ///
     /// # Examples
     ///
@@ -234,6 +242,7 @@ impl Source {
         match self {
             Self::Fresh => "fresh",
             Self::Cached { .. } => "cached",
+            Self::Refreshing { .. } => "refreshing",
             Self::Stale { .. } => "stale",
             Self::Fallback(failure) => failure.label(),
         }
@@ -245,6 +254,9 @@ impl std::fmt::Display for Source {
         match self {
             Self::Fresh => f.write_str("fresh"),
             Self::Cached { age } => write!(f, "cached ({:.1} s old)", age.as_secs_f64()),
+            Self::Refreshing { age } => {
+                write!(f, "cached ({:.1} s old, refreshing)", age.as_secs_f64())
+            }
             Self::Stale { age, cause } => {
                 write!(f, "stale ({:.1} s old; {cause})", age.as_secs_f64())
             }

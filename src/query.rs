@@ -204,6 +204,51 @@ pub enum Loaded<T> {
         /// How long ago it was computed.
         age: Duration,
     },
+    /// Served from a cache, computed `age` ago: past the policy's refresh
+    /// point, so a reload is replacing it in the background
+    /// ([`CachePolicy::refresh_after`](crate::cache::CachePolicy::refresh_after)).
+    Refreshing {
+        /// The value.
+        value: T,
+        /// How long ago it was computed.
+        age: Duration,
+    },
+}
+
+impl<T> Loaded<T> {
+    /// The value, wherever it came from.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use fanout::Loaded;
+    /// assert_eq!(Loaded::Fresh(3).into_value(), 3);
+    /// assert_eq!(Loaded::Refreshing { value: 4, age: Duration::from_secs(20) }.into_value(), 4);
+    /// ```
+    pub fn into_value(self) -> T {
+        match self {
+            Self::Fresh(value) | Self::Cached { value, .. } | Self::Refreshing { value, .. } => {
+                value
+            }
+        }
+    }
+
+    /// The value converted by `f`, from the same source.
+    #[cfg(feature = "serde")]
+    pub(crate) fn try_map<U, E>(self, f: impl FnOnce(T) -> Result<U, E>) -> Result<Loaded<U>, E> {
+        Ok(match self {
+            Self::Fresh(value) => Loaded::Fresh(f(value)?),
+            Self::Cached { value, age } => Loaded::Cached {
+                value: f(value)?,
+                age,
+            },
+            Self::Refreshing { value, age } => Loaded::Refreshing {
+                value: f(value)?,
+                age,
+            },
+        })
+    }
 }
 
 /// A reference to a query is a query, so one set of query values can serve

@@ -136,7 +136,7 @@ impl Report {
     pub fn degraded(&self) -> usize {
         self.queries
             .iter()
-            .filter(|q| !matches!(q.outcome, "fresh" | "cached"))
+            .filter(|q| !matches!(q.outcome, "fresh" | "cached" | "refreshing"))
             .count()
     }
 

@@ -34,6 +34,9 @@ pub(crate) fn outcome<Q: DashboardQuery>(
         Settled::Ok(Loaded::Cached { value, age }) => {
             return observed(value, Source::Cached { age });
         }
+        Settled::Ok(Loaded::Refreshing { value, age }) => {
+            return observed(value, Source::Refreshing { age });
+        }
         Settled::Err(error) => failure_of(error),
         Settled::TimedOut => Failure::TimedOut,
         Settled::DeadlineExceeded => Failure::DeadlineExceeded,

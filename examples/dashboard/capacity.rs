@@ -204,7 +204,7 @@ async fn closed_loop_split(
                     }
                     for source in sources {
                         match source.label() {
-                            "fresh" | "cached" => {}
+                            "fresh" | "cached" | "refreshing" => {}
                             "shed" => m.shed += 1,
                             _ if matches!(
                                 source,

@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -12,7 +12,13 @@ use tokio::time::Instant;
 use super::CachePolicy;
 use super::generations::Generations;
 use super::load::{Fetched, LoadError, Loads};
+use crate::drive::earliest;
 use crate::{DashboardQuery, Loaded, QueryContext, TenantId};
+
+/// How long after a failed background reload the next one may start: the
+/// old value is served meanwhile (until its TTL), and a failing database
+/// is not asked again on every request.
+pub(super) const REFRESH_RETRY: Duration = Duration::from_secs(1);
 
 /// An in-process cache of dashboard query values, shared by every
 /// [`Cached`](super::Cached) query of a service: bounded by entry count,
@@ -53,6 +59,9 @@ struct Entry {
     value: Arc<dyn Any + Send + Sync>,
     stored_at: Instant,
     keep_for: Duration,
+    /// Shared by every copy of the entry: when a reload may start again
+    /// after one failed.
+    retry_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Entry {
@@ -203,9 +212,15 @@ impl QueryCache {
         Q::Output: Clone + Sync + 'static,
     {
         let query = Arc::clone(query);
-        self.load_with(query.name(), key, policy, ctx, move |ctx| async move {
-            query.run(ctx).await.map(Loaded::Fresh)
-        })
+        let timeout = query.timeout();
+        self.load_with(
+            query.name(),
+            key,
+            policy,
+            timeout,
+            ctx,
+            move |ctx| async move { query.run(ctx).await.map(Loaded::Fresh) },
+        )
         .await
     }
 
@@ -220,11 +235,16 @@ impl QueryCache {
     /// The caller that starts the load gets `Fresh` for a value computed
     /// now; callers that joined it get `Cached`, as if they had arrived just
     /// after. The load runs under the starting caller's deadline.
+    ///
+    /// A stored value past the policy's refresh point is served at once,
+    /// as `Refreshing` while a background reload (under `reload_timeout`,
+    /// the query's own) replaces it; see [`refresh`](Self::refresh).
     pub(super) async fn load_with<T, E, F, Fut>(
         &self,
         query: &'static str,
         key: &Arc<str>,
         policy: CachePolicy,
+        reload_timeout: Option<Duration>,
         ctx: QueryContext,
         compute: F,
     ) -> Result<Loaded<T>, LoadError>
@@ -239,6 +259,10 @@ impl QueryCache {
         if let Some(entry) = self.inner.entries.get(&key).await
             && let Some((value, age)) = entry.value_within::<T>(ttl)
         {
+            let due = policy.refresh_point().is_some_and(|after| age >= after);
+            if due && self.refresh(key, &entry, policy, reload_timeout, ctx.tenant(), compute) {
+                return Ok(Loaded::Refreshing { value, age });
+            }
             return Ok(Loaded::Cached { value, age });
         }
         let deadline = ctx.deadline();
@@ -282,6 +306,74 @@ impl QueryCache {
             Loaded::Cached { value, age }
         })
     }
+    /// Makes sure a reload of `key`, whose stored `entry` is past its
+    /// refresh point, is in flight: joins the one running, or starts one
+    /// on a task of its own, under `reload_timeout` and never past the
+    /// value's TTL (a hung reload cannot hold up the callers that come
+    /// after the value expires: they load again). Returns whether a reload
+    /// is in flight; not when one failed less than [`REFRESH_RETRY`] ago,
+    /// nor outside a Tokio runtime.
+    ///
+    /// The reload is one shared load, like any other: callers that find
+    /// the value expired while it runs wait on it, and it stores its value
+    /// only while the tenant's generation is unchanged.
+    fn refresh<T, E, F, Fut>(
+        &self,
+        key: Key,
+        entry: &Entry,
+        policy: CachePolicy,
+        reload_timeout: Option<Duration>,
+        tenant: &TenantId,
+        compute: F,
+    ) -> bool
+    where
+        T: Clone + Send + Sync + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+        F: FnOnce(QueryContext) -> Fut,
+        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
+    {
+        let now = Instant::now();
+        let retry_at = Arc::clone(&entry.retry_at);
+        if retry_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| now < at)
+        {
+            return false;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let expires_at = entry.stored_at.checked_add(policy.time_to_live());
+        let deadline = earliest(reload_timeout.and_then(|t| now.checked_add(t)), expires_at);
+        let fresh_for = policy.refresh_point().unwrap_or(Duration::ZERO);
+        let max_age = self.inner.generations.record_lifetime();
+        let joined = self
+            .inner
+            .loads
+            .join_or_start(&key, deadline, max_age, |fresh_until| {
+                let work = compute(QueryContext::new(tenant.clone(), deadline));
+                let inner = Arc::clone(&self.inner);
+                let key = key.clone();
+                async move {
+                    inner
+                        .fetch::<T, E, _>(key, fresh_for, policy, fresh_until, work)
+                        .await
+                }
+            });
+        if joined.started_here {
+            let load = joined.load;
+            runtime.spawn(async move {
+                if let Err(error) = load.await {
+                    tracing::warn!(%error, "background cache reload failed; serving the old value until its TTL");
+                    *retry_at.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Instant::now().checked_add(REFRESH_RETRY);
+                }
+            });
+        }
+        true
+    }
+
     /// The last good value, while the policy allows serving it stale.
     pub(super) async fn stale<T: Clone + Send + Sync + 'static>(
         &self,
@@ -297,13 +389,13 @@ impl QueryCache {
 }
 
 impl Inner {
-    /// The body of a shared load: a value stored since the caller looked
-    /// (by a load that ended just before), or `work`'s, stored while the
-    /// tenant's generation is still the key's.
+    /// The body of a shared load: a value younger than `fresh_for` stored
+    /// since the caller looked (by a load that ended just before), or
+    /// `work`'s, stored while the tenant's generation is still the key's.
     async fn fetch<T, E, W>(
         &self,
         key: Key,
-        ttl: Duration,
+        fresh_for: Duration,
         policy: CachePolicy,
         fresh_until: Option<Instant>,
         work: W,
@@ -314,7 +406,7 @@ impl Inner {
         W: Future<Output = Result<Loaded<T>, E>>,
     {
         if let Some(entry) = self.entries.get(&key).await
-            && entry.value_within::<T>(ttl).is_some()
+            && entry.value_within::<T>(fresh_for).is_some()
         {
             return Ok(Fetched {
                 value: entry,
@@ -323,7 +415,9 @@ impl Inner {
         }
         let (value, age, computed) = match work.await {
             Ok(Loaded::Fresh(value)) => (value, Duration::ZERO, true),
-            Ok(Loaded::Cached { value, age }) => (value, age, false),
+            Ok(Loaded::Cached { value, age } | Loaded::Refreshing { value, age }) => {
+                (value, age, false)
+            }
             Err(error) => return Err(LoadError::Query(Arc::new(error))),
         };
         let now = Instant::now();
@@ -331,6 +425,7 @@ impl Inner {
             value: Arc::new(value),
             stored_at: now.checked_sub(age).unwrap_or(now),
             keep_for: policy.keep_for().saturating_sub(age),
+            retry_at: Arc::default(),
         };
         // A tenant invalidated while this load ran keeps none of it. A load
         // that ran longer than a generation record lives may have outlived

@@ -104,6 +104,7 @@ use crate::{DashboardQuery, Loaded, QueryContext, TenantId};
 pub struct CachePolicy {
     ttl: Duration,
     stale_if_error: Duration,
+    refresh_after: Option<Duration>,
 }
 
 impl CachePolicy {
@@ -116,7 +117,50 @@ impl CachePolicy {
         Self {
             ttl,
             stale_if_error: Duration::ZERO,
+            refresh_after: None,
         }
+    }
+
+    /// Refresh-ahead: a value older than `after` (and younger than its
+    /// `ttl`) is still served at once, as
+    /// [`Source::Refreshing`](crate::Source::Refreshing), while one
+    /// background reload per key replaces it. No caller waits for a
+    /// recompute once a value exists, as long as reloads succeed within
+    /// `ttl - after`.
+    ///
+    /// - The reload runs on a task of its own (it needs a Tokio runtime;
+    ///   outside one, the value is served as `Cached` and expires as
+    ///   without this setting), under the query's own timeout, and never
+    ///   past the old value's TTL: a hung reload never holds a value
+    ///   beyond its TTL, and callers that come after that load again.
+    /// - A reload that fails keeps the old value until its TTL (then
+    ///   stale-if-error applies as usual); the next reload starts no
+    ///   sooner than a second later.
+    /// - A value is never served past its TTL, however slow its reloads.
+    /// - One reload per key at a time, shared with any caller that finds
+    ///   the value expired while it runs.
+    ///
+    /// The cost: the query runs outside any request, so it lives in an
+    /// `Arc` (which [`Cached`] requires anyway) and takes a connection from
+    /// the pool on its own, without a fan-out's limiter or deadline. With
+    /// [`SharedCached`], a reload looks in Redis first, and a value there
+    /// is taken as it is.
+    ///
+    /// An `after` of `ttl` or more never refreshes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use fanout::cache::CachePolicy;
+    ///
+    /// // Fresh for 60 s; from 45 s on, served while a reload replaces it.
+    /// let policy = CachePolicy::ttl(Duration::from_secs(60)).refresh_after(Duration::from_secs(45));
+    /// # let _ = policy;
+    /// ```
+    pub fn refresh_after(mut self, after: Duration) -> Self {
+        self.refresh_after = Some(after);
+        self
     }
 
     /// After its `ttl`, keep a value for `window` more, to show (marked
@@ -142,6 +186,12 @@ impl CachePolicy {
 
     pub(crate) fn time_to_live(&self) -> Duration {
         self.ttl
+    }
+
+    /// The age from which a value is reloaded in the background, if that
+    /// is before its TTL.
+    pub(crate) fn refresh_point(&self) -> Option<Duration> {
+        self.refresh_after.filter(|&after| after < self.ttl)
     }
 }
 
@@ -234,9 +284,7 @@ where
     }
 
     async fn run(&self, ctx: QueryContext) -> Result<Q::Output, LoadError> {
-        match self.load(ctx).await? {
-            Loaded::Fresh(value) | Loaded::Cached { value, .. } => Ok(value),
-        }
+        Ok(self.load(ctx).await?.into_value())
     }
 
     fn fallback(&self) -> Q::Output {

@@ -541,9 +541,7 @@ where
     }
 
     async fn run(&self, ctx: QueryContext) -> Result<Q::Output, LoadError> {
-        match self.load(ctx).await? {
-            Loaded::Fresh(value) | Loaded::Cached { value, .. } => Ok(value),
-        }
+        Ok(self.load(ctx).await?.into_value())
     }
 
     fn fallback(&self) -> Q::Output {
@@ -565,6 +563,7 @@ where
                 self.query.name(),
                 &local_key,
                 self.policy,
+                self.query.timeout(),
                 ctx,
                 |ctx| async move { this.compute(ctx, known).await },
             )
