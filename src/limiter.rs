@@ -19,11 +19,20 @@ pub(crate) enum Limiter {
     Fair(FairLimiter),
 }
 
-/// Held by a running input, never read: dropping it hands the permit back.
-#[allow(dead_code)] // the fields are held for their `Drop`
+/// Held by a running input: dropping it hands the permit back.
+#[allow(dead_code)] // the semaphore permit is held for its `Drop`
 pub(crate) enum Permit {
     Fifo(OwnedSemaphorePermit),
     Fair(FairPermit),
+}
+
+impl Permit {
+    /// The input holding this permit ran to its answer.
+    pub(crate) fn answered(&mut self) {
+        if let Self::Fair(permit) = self {
+            permit.answered();
+        }
+    }
 }
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;

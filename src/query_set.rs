@@ -97,14 +97,7 @@ impl<Q: DashboardQuery> QuerySet for Vec<Q> {
                 .finish(self.len())
                 .into_iter()
                 .zip(&outcomes)
-                .map(|(name, outcome)| {
-                    QueryReport::new(
-                        name,
-                        outcome.source.label(),
-                        outcome.elapsed,
-                        outcome.waited,
-                    )
-                })
+                .map(|(name, outcome)| QueryReport::new(name, outcome))
                 .collect();
             Report::new(tenant, started.elapsed(), queries, stream.queue_length())
         });
@@ -144,9 +137,7 @@ macro_rules! tuple_query_set {
                     let mut names = names.into_iter();
                     let queries = vec![$(QueryReport::new(
                         names.next().unwrap_or_default(),
-                        $slot.source.label(),
-                        $slot.elapsed,
-                        $slot.waited,
+                        $slot,
                     )),+];
                     Report::new(tenant, elapsed, queries, queue_length)
                 });

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::TenantId;
+use crate::{Failure, Outcome, TenantId};
 
 /// A summary of one dashboard fan-out: how long it took, and each query's
 /// outcome and latency, in input order.
@@ -56,7 +56,8 @@ pub struct Report {
     /// The [`FairLimiter`](crate::FairLimiter)'s queue length (permits
     /// wanted by other fan-outs, not granted yet) when this fan-out joined
     /// its line, which every fan-out under a fair limiter does on its first
-    /// poll; `None` without a fair limiter.
+    /// poll; `None` without a fair limiter (or with no query, or with a
+    /// closed one).
     pub queue_length: Option<usize>,
 }
 
@@ -77,6 +78,9 @@ pub struct QueryReport {
     pub elapsed: Duration,
     /// How long it waited to start (see [`Outcome::waited`](crate::Outcome::waited)).
     pub waited: Duration,
+    /// Why it failed, when it did (shown stale or as its fallback): the
+    /// [`Failure::label`](crate::Failure::label) word.
+    pub cause: Option<&'static str>,
 }
 
 impl Report {
@@ -108,13 +112,17 @@ impl Report {
             .unwrap_or_default()
     }
 
-    /// How many queries a [`FairLimiter`](crate::FairLimiter) shed.
+    /// How many queries a [`FairLimiter`](crate::FairLimiter) shed,
+    /// whether they show their stale value or their fallback.
     ///
     /// # Examples
     ///
     /// See [`Report`].
     pub fn shed(&self) -> usize {
-        self.count("shed")
+        self.queries
+            .iter()
+            .filter(|q| q.cause == Some("shed"))
+            .count()
     }
 
     /// How many queries had `outcome` (a [`Source::label`](crate::Source::label)
@@ -151,17 +159,13 @@ impl Report {
 }
 
 impl QueryReport {
-    pub(crate) fn new(
-        name: &'static str,
-        outcome: &'static str,
-        elapsed: Duration,
-        waited: Duration,
-    ) -> Self {
+    pub(crate) fn new<T>(name: &'static str, outcome: &Outcome<T>) -> Self {
         Self {
             name,
-            outcome,
-            elapsed,
-            waited,
+            outcome: outcome.source.label(),
+            elapsed: outcome.elapsed,
+            waited: outcome.waited,
+            cause: outcome.failure().map(Failure::label),
         }
     }
 }

@@ -135,6 +135,11 @@ where
             Some(message) => Settled::Panicked(message),
             None => settled,
         };
+        if matches!(settled, Settled::Ok(_) | Settled::Err(_))
+            && let Some(permit) = this.permit.as_mut()
+        {
+            permit.answered();
+        }
         *this.permit = None;
         *this.ended_at = now;
         if !settled.is_ok()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use fanout::{
     DashboardQuery, Failure, FairLimiter, FanOut, Outcome, QueryContext, Settled, Source, TenantId,
 };
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep};
 
@@ -455,18 +455,22 @@ async fn a_closed_limiter_refuses_waiters_and_newcomers() {
     let first = fan_out.clone();
     let running = tokio::spawn(async move {
         first
-            .settle([100, 0].map(|wait| async move {
+            .stream([1_000, 0].map(|wait| async move {
                 sleep(ms(wait)).await;
                 Ok::<_, ()>(wait)
             }))
+            .map(|(index, settled)| (index, settled, Instant::now()))
+            .collect::<Vec<_>>()
             .await
     });
     tokio::task::yield_now().await;
+    let closed_at = Instant::now();
     limiter.close();
-    assert_eq!(
-        running.await.unwrap(),
-        [Settled::Ok(100), Settled::LimiterClosed]
-    );
+    let ended = running.await.unwrap();
+    // The waiter is refused the moment the limiter closes, not when the
+    // running query frees its permit a second later.
+    assert_eq!(ended[0], (1, Settled::LimiterClosed, closed_at));
+    assert_eq!(ended[1], (0, Settled::Ok(1_000), closed_at + ms(1_000)));
     let later = fan_out.settle([async { Ok::<_, ()>(3) }]).await;
     assert_eq!(later, [Settled::LimiterClosed]);
     assert!(limiter.is_closed());
@@ -596,12 +600,14 @@ async fn a_shed_widget_shows_its_stale_value_and_logs_at_debug() {
     let fan_out = FanOut::new()
         .deadline(ms(300))
         .fair_limiter(limiter.clone());
-    let (stale, plain) = fan_out
-        .run(
+    let ((stale, plain), report) = fan_out
+        .run_with_report(
             &tenant("tenant-b"),
             (WithStale(rig.query(50)), rig.query(50)),
         )
         .await;
+    assert_eq!(report.shed(), 2, "the stale one counts too");
+    assert_eq!(report.count("stale"), 1);
     assert!(matches!(
         stale.source,
         Source::Stale {
@@ -637,4 +643,87 @@ async fn a_shed_widget_shows_its_stale_value_and_logs_at_debug() {
             .iter()
             .all(|e| e.level > tracing::Level::WARN || e.field("outcome").is_none())
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_that_just_formed_is_not_standing() {
+    // A permit busy for a second with nobody waiting, then a first burst:
+    // the queue formed at 300 ms, so at 301 ms it has stood for 1 ms, not
+    // since the start, and a newcomer gets the full `interval`.
+    let limiter = FairLimiter::new(1).standing_queue(ms(20), ms(250));
+    let fan_out = FanOut::new()
+        .deadline(ms(5_000))
+        .fair_limiter(limiter.clone());
+    let busy = fan_out.clone();
+    let hog = tokio::spawn(async move {
+        busy.settle([async {
+            sleep(ms(1_000)).await;
+            Ok::<_, ()>(())
+        }])
+        .await
+    });
+    sleep(ms(300)).await;
+    let first = fan_out.clone();
+    let a = tokio::spawn(async move { first.settle([async { Ok::<_, ()>(()) }]).await });
+    sleep(ms(1)).await;
+    let begun = Instant::now();
+    let b = fan_out.settle([async { Ok::<_, ()>(()) }]).await;
+    assert_eq!(b, [Settled::Shed]);
+    assert_eq!(begun.elapsed(), ms(250), "the interval, not the target");
+    assert_eq!(a.await.unwrap(), [Settled::Shed]); // 300 + 250 < 1 000
+    hog.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endless_iterator_asks_for_no_more_permits_than_there_are() {
+    let limiter = FairLimiter::new(2);
+    let fan_out = FanOut::new().fair_limiter(limiter.clone());
+    let endless = || {
+        fan_out.stream((0_u64..).map(|n| async move {
+            sleep(ms(10)).await;
+            Ok::<_, ()>(n)
+        }))
+    };
+    let (a, b): (Vec<_>, Vec<_>) =
+        tokio::join!(endless().take(5).collect(), endless().take(5).collect());
+    assert_eq!((a.len(), b.len()), (5, 5));
+    assert_eq!(limiter.queued(), 0, "both streams were dropped");
+    assert_eq!(limiter.available(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_queries_that_answered_teach_the_limiter_how_long_queries_take() {
+    // Queries of 100 ms answer; then many cut at a 5 ms timeout. Shedding
+    // still assumes 100 ms: a waiter due at 500 ms leaves at 400 ms.
+    let limiter = FairLimiter::new(1);
+    warm(&limiter, ms(100)).await;
+    let cut = FanOut::new().timeout(ms(5)).fair_limiter(limiter.clone());
+    for _ in 0..20 {
+        let settled = cut
+            .settle([async {
+                sleep(ms(100)).await;
+                Ok::<_, ()>(())
+            }])
+            .await;
+        assert_eq!(settled, [Settled::TimedOut]);
+    }
+    let busy = FanOut::new().fair_limiter(limiter.clone());
+    let hog = tokio::spawn(async move {
+        busy.settle([async {
+            sleep(ms(1_000)).await;
+            Ok::<_, ()>(())
+        }])
+        .await
+    });
+    tokio::task::yield_now().await;
+    let begun = Instant::now();
+    let hurried = FanOut::new()
+        .deadline(ms(500))
+        .fair_limiter(limiter.clone());
+    assert_eq!(
+        hurried.settle([async { Ok::<_, ()>(()) }]).await,
+        [Settled::Shed]
+    );
+    assert_eq!(begun.elapsed(), ms(400));
+    hog.await.unwrap();
 }

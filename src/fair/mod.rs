@@ -33,10 +33,14 @@ type Weights = Arc<dyn Fn(&TenantId) -> NonZeroU32 + Send + Sync>;
 ///   is [capped](Self::tenant_cap).
 /// - **Shedding.** A query never waits for a permit past the time it could
 ///   still finish in: once the time left before its fan-out's deadline is
-///   shorter than a query holds a permit on average (measured here, over
-///   recent queries), it leaves the line and its widget degrades at once
-///   to its stale value or fallback ([`Failure::Shed`](crate::Failure::Shed)),
-///   instead of starting a query the deadline would cut off. With
+///   shorter than a query holds a permit on average, it leaves the line
+///   and its widget degrades at once to its stale value or fallback
+///   ([`Failure::Shed`](crate::Failure::Shed)), instead of starting a
+///   query the deadline would cut off. The average is measured here, over
+///   recent queries of every kind that ran to an answer (one cut short by
+///   a timeout, a cancellation or a panic says nothing of how long queries
+///   take); until a first query has answered there is none, and a query
+///   waits until the deadline itself. With
 ///   [`standing_queue`](Self::standing_queue), a dashboard also gets a
 ///   short wait for its first permit when the queue has not emptied for a
 ///   while: under overload, fast degraded answers for some instead of late
@@ -75,8 +79,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The queue. Nothing panics while holding it, but a poisoned lock
-    /// still holds a consistent queue, so it is used as it is.
+    /// The queue. Nothing of ours panics while holding it (a waker's
+    /// `clone` is called before any change), so a poisoned lock still
+    /// holds a consistent queue and is used as it is.
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -85,7 +90,8 @@ impl Shared {
 impl FairLimiter {
     /// A limiter of `permits` permits (size it to the connection pool),
     /// with no tenant cap, every tenant of weight 1, and no standing-queue
-    /// rule.
+    /// rule. With 0 permits nothing starts: every query waits until its
+    /// deadline (for ever, without one).
     ///
     /// # Examples
     ///

@@ -138,29 +138,38 @@ impl Queue {
         now: Instant,
         wake: &mut Vec<Waker>,
     ) {
+        // No fan-out can use more permits than there are (or than its
+        // tenant may hold): an endless iterator asks for `usize::MAX`.
+        let cap = self.cap.map_or(usize::MAX, NonZeroUsize::get);
+        let wanted = wanted.min(self.permits.max(1)).min(cap);
         let Some(tenant) = self.tenants.get_mut(key) else {
             return;
         };
         let Some(waiter) = tenant.waiters.iter_mut().find(|w| w.id == id) else {
             return;
         };
+        // Cloned before anything changes: a waker's `clone` is user code.
+        if !waiter.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            waiter.waker = Some(waker.clone());
+        }
         let before = waiter.unmet();
         // Granted permits it no longer wants go back.
         let excess = waiter.granted.saturating_sub(wanted);
         waiter.granted -= excess;
         waiter.wanted = wanted;
-        if !waiter.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            waiter.waker = Some(waker.clone());
-        }
         let after = waiter.unmet();
         if tenant.unmet == 0 && after > 0 {
             // A tenant that begins to wait joins the round at its back.
             self.turns += 1;
             tenant.last_served = self.turns;
         }
+        if self.unmet == 0 && after > before {
+            // The queue forms now: it was empty until this instant.
+            self.last_empty = now;
+        }
         tenant.held -= excess;
-        tenant.unmet = tenant.unmet + after - before;
-        self.unmet = self.unmet + after - before;
+        tenant.unmet = tenant.unmet - before + after;
+        self.unmet = self.unmet - before + after;
         self.available += excess;
         self.settle(now, wake);
     }
@@ -200,11 +209,13 @@ impl Queue {
         self.settle(now, wake);
     }
 
-    /// A permit of `key`'s, held for `held_for`, comes back.
+    /// A permit of `key`'s comes back; `held_for` is how long a query that
+    /// ran to its answer held it (`None` for one cut short: timed out,
+    /// cancelled or panicked, which says nothing of how long a query takes).
     pub(crate) fn release(
         &mut self,
         key: &Key,
-        held_for: Duration,
+        held_for: Option<Duration>,
         now: Instant,
         wake: &mut Vec<Waker>,
     ) {
@@ -212,14 +223,17 @@ impl Queue {
             tenant.held -= 1;
         }
         self.available += 1;
-        // The weight of a new sample is 1/8, as in TCP's smoothed round-trip
-        // time: recent enough to follow a slowdown, steady under noise.
-        let sample = u64::try_from(held_for.as_nanos()).unwrap_or(u64::MAX);
-        self.mean_hold = if self.mean_hold == 0 {
-            sample
-        } else {
-            self.mean_hold - self.mean_hold / 8 + sample / 8
-        };
+        if let Some(held_for) = held_for {
+            // The weight of a new sample is 1/8, as in TCP's smoothed
+            // round-trip time: recent enough to follow a slowdown, steady
+            // under noise.
+            let sample = u64::try_from(held_for.as_nanos()).unwrap_or(u64::MAX);
+            self.mean_hold = if self.mean_hold == 0 {
+                sample
+            } else {
+                self.mean_hold - self.mean_hold / 8 + sample / 8
+            };
+        }
         self.forget_if_idle(key);
         self.settle(now, wake);
     }
@@ -343,8 +357,13 @@ mod tests {
         Join(u8, usize),
         /// The `.0`-th running query (modulo) ends.
         Release(usize),
-        /// The `.0`-th waiting fan-out (modulo) is dropped.
+        /// The `.0`-th waiting fan-out (modulo) is dropped, with whatever
+        /// it was granted and did not take.
         Leave(usize),
+        /// The `.0`-th waiting fan-out (modulo) takes what it was granted.
+        Take(usize),
+        /// The `.0`-th waiting fan-out (modulo) now wants `.1` in all.
+        Want(usize, usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -352,6 +371,8 @@ mod tests {
             3 => (0..6u8, 1..7usize).prop_map(|(t, n)| Op::Join(t, n)),
             4 => any::<usize>().prop_map(Op::Release),
             1 => any::<usize>().prop_map(Op::Leave),
+            4 => any::<usize>().prop_map(Op::Take),
+            1 => (any::<usize>(), 0..9usize).prop_map(|(w, n)| Op::Want(w, n)),
         ]
     }
 
@@ -402,19 +423,23 @@ mod tests {
                     }
                     Op::Release(n) if !running.is_empty() => {
                         let key = running.swap_remove(n % running.len());
-                        queue.release(&key, Duration::from_millis(5), now, &mut wake);
+                        queue.release(&key, Some(Duration::from_millis(5)), now, &mut wake);
                     }
                     Op::Leave(n) if !waiters.is_empty() => {
                         let (key, id) = waiters.remove(n % waiters.len());
                         queue.leave(&key, id, now, &mut wake);
                     }
-                    Op::Release(_) | Op::Leave(_) => {}
-                }
-                // Each fan-out takes what it was granted and starts it.
-                for (key, id) in &waiters {
-                    while queue.take(key, *id) {
-                        running.push(key.clone());
+                    Op::Take(n) if !waiters.is_empty() => {
+                        let (key, id) = &waiters[n % waiters.len()];
+                        while queue.take(key, *id) {
+                            running.push(key.clone());
+                        }
                     }
+                    Op::Want(n, wanted) if !waiters.is_empty() => {
+                        let (key, id) = waiters[n % waiters.len()].clone();
+                        queue.want(&key, id, wanted, waker, now, &mut wake);
+                    }
+                    Op::Release(_) | Op::Leave(_) | Op::Take(_) | Op::Want(..) => {}
                 }
                 for grant in &queue.grants_log[checked..] {
                     let share = |held: usize, weight: u64| (held as u64, weight);
@@ -452,6 +477,11 @@ mod tests {
                     prop_assert!(queue.tenants.values().all(|t| t.unmet == 0 || t.held >= cap));
                 }
                 prop_assert!(queue.tenants.values().all(|t| t.held > 0 || !t.waiters.is_empty()));
+                for tenant in queue.tenants.values() {
+                    let unmet: usize = tenant.waiters.iter().map(|w| w.unmet()).sum();
+                    prop_assert_eq!(tenant.unmet, unmet);
+                }
+                prop_assert_eq!(queue.unmet, queue.tenants.values().map(|t| t.unmet).sum::<usize>());
             }
             // Everyone leaves and every query ends: nothing remains.
             let mut wake = Vec::new();
@@ -459,7 +489,7 @@ mod tests {
                 queue.leave(&key, id, now, &mut wake);
             }
             for key in running.drain(..) {
-                queue.release(&key, Duration::from_millis(5), now, &mut wake);
+                queue.release(&key, Some(Duration::from_millis(5)), now, &mut wake);
             }
             prop_assert_eq!((queue.available, queue.unmet, queue.tenants.len()), (permits, 0, 0));
         }

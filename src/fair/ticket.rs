@@ -63,6 +63,17 @@ pub(crate) struct FairPermit {
     limiter: Arc<Shared>,
     key: Key,
     taken_at: Instant,
+    /// Set when the query ran to its answer: only then does its hold time
+    /// say how long a query takes.
+    answered: bool,
+}
+
+impl FairPermit {
+    /// The query holding this permit ran to its answer (a value or an
+    /// error), rather than being cut short.
+    pub(crate) fn answered(&mut self) {
+        self.answered = true;
+    }
 }
 
 impl Ticket {
@@ -153,6 +164,7 @@ impl Ticket {
                 limiter: Arc::clone(&self.limiter),
                 key: self.key.clone(),
                 taken_at: now,
+                answered: false,
             }));
         }
         // A query that starts with less time left than a query takes
@@ -200,12 +212,12 @@ impl Drop for FairPermit {
     fn drop(&mut self) {
         let now = Instant::now();
         let mut wake = Vec::new();
-        self.limiter.lock().release(
-            &self.key,
-            now.saturating_duration_since(self.taken_at),
-            now,
-            &mut wake,
-        );
+        let held_for = self
+            .answered
+            .then(|| now.saturating_duration_since(self.taken_at));
+        self.limiter
+            .lock()
+            .release(&self.key, held_for, now, &mut wake);
         wake.into_iter().for_each(Waker::wake);
     }
 }
