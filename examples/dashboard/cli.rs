@@ -34,7 +34,9 @@ options:
   --clients C          --bench: concurrent clients (default 32)
   --dashboards N       --bench: dashboards per mode (default 2000)
   --capacity           load mode: a capacity curve and a noisy neighbour, fifo against fair
-  --seconds S          --capacity: how long each point runs (default 4)
+  --steady             load mode: the cache under a steady load, TTL only against refresh-ahead
+  --seconds S          --capacity: how long each point runs (default 4); --steady: how long
+                       each policy runs (default 12)
   -h, --help           this text
 
 widgets: total_revenue, outstanding, child_count, invoice_stats, recent_payments, arrears";
@@ -60,7 +62,8 @@ pub struct Args {
     pub queue_interval_ms: u64,
     pub tenant_cap: Option<std::num::NonZeroUsize>,
     pub capacity: bool,
-    pub seconds: u64,
+    pub steady: bool,
+    pub seconds: Option<u64>,
 }
 
 /// What the command line asked for.
@@ -94,7 +97,8 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
         queue_interval_ms: 100,
         tenant_cap: None,
         capacity: false,
-        seconds: 4,
+        steady: false,
+        seconds: None,
     };
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
@@ -134,7 +138,8 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
                     std::num::NonZeroUsize::new(positive(&mut parser, "--tenant-cap")?)
             }
             Long("capacity") => parsed.capacity = true,
-            Long("seconds") => parsed.seconds = positive(&mut parser, "--seconds")?,
+            Long("steady") => parsed.steady = true,
+            Long("seconds") => parsed.seconds = Some(positive(&mut parser, "--seconds")?),
             Short('h') | Long("help") => return Ok(Parsed::Help),
             other => return Err(format!("{}; see --help", other.unexpected())),
         }
@@ -144,8 +149,13 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
             "{both} is both --slow-query and --break-query; pick one"
         ));
     }
-    if parsed.bench && parsed.capacity {
-        return Err("--bench and --capacity are two load modes: pick one".to_owned());
+    if [parsed.bench, parsed.capacity, parsed.steady]
+        .iter()
+        .filter(|&&on| on)
+        .count()
+        > 1
+    {
+        return Err("--bench, --capacity and --steady are load modes: pick one".to_owned());
     }
     if parsed.redis.is_some() && !parsed.cache {
         return Err("--redis shares the cache: add --cache".to_owned());

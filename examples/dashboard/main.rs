@@ -13,6 +13,7 @@
 //! cargo run --example dashboard -- --cache --cache-ttl 2 --break-query outstanding
 //! cargo run --release --example dashboard -- --bench
 //! cargo run --release --example dashboard -- --capacity
+//! cargo run --release --example dashboard -- --steady
 //! ```
 //!
 //! With `DATABASE_URL` set it uses that database (in a schema of its own,
@@ -29,6 +30,7 @@ mod seed;
 mod setup;
 mod sql;
 mod stats;
+mod steady;
 mod throwaway_pg;
 mod widgets;
 
@@ -63,7 +65,7 @@ fn main() -> ExitCode {
     };
     // Degraded widgets log one WARN each: the point of the demo. Under load
     // they would drown the report, so --bench shows errors only.
-    let level = if args.bench || args.capacity {
+    let level = if args.bench || args.capacity || args.steady {
         tracing::Level::ERROR
     } else {
         tracing::Level::WARN
@@ -137,7 +139,14 @@ async fn run(args: Args) -> Result<(), String> {
             fair,
             fair_capped: (capped.get(), fair_capped),
         };
-        return capacity::run(dashboard, &tenants, &limiters, args.seconds).await;
+        return capacity::run(dashboard, &tenants, &limiters, args.seconds.unwrap_or(4)).await;
+    }
+    if args.steady {
+        let tenants: Vec<TenantId> = (1..=args.tenants)
+            .map(|n| TenantId::new(seed::tenant_id(n)).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let seconds = args.seconds.unwrap_or(12);
+        return steady::run(&pool, mode, &tenants, &concurrent, seconds).await;
     }
     if args.bench {
         let tenants: Vec<TenantId> = (1..=args.tenants)
