@@ -9,6 +9,7 @@
 //! | the query…                                     | source |
 //! |------------------------------------------------|--------|
 //! | has a value younger than its `ttl`             | `Cached { age }`, without running |
+//! | has one past its [`refresh_after`](CachePolicy::refresh_after) point, younger than `ttl` | `Refreshing { age }`, without waiting; one background reload replaces it |
 //! | has none, and runs and succeeds                | `Fresh`; the value is stored |
 //! | fails, with a value younger than `ttl + stale_if_error` | `Stale { age, cause }` |
 //! | fails, with nothing usable                     | `Fallback(cause)` |
