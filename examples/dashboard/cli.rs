@@ -68,7 +68,7 @@ pub struct Args {
 
 /// What the command line asked for.
 pub enum Parsed {
-    Run(Args),
+    Run(Box<Args>),
     Help,
 }
 
@@ -162,5 +162,5 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
     }
     let degraded = !parsed.slow.is_empty() || !parsed.broken.is_empty();
     parsed.rounds = rounds.unwrap_or(if degraded { 5 } else { 30 });
-    Ok(Parsed::Run(parsed))
+    Ok(Parsed::Run(Box::new(parsed)))
 }

@@ -53,7 +53,7 @@ const SCHEMA: &str = "fanout_demo";
 
 fn main() -> ExitCode {
     let args = match cli::parse(std::env::args_os().skip(1)) {
-        Ok(Parsed::Run(args)) => args,
+        Ok(Parsed::Run(args)) => *args,
         Ok(Parsed::Help) => {
             println!("{}", cli::USAGE);
             return ExitCode::SUCCESS;
