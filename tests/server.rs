@@ -54,7 +54,14 @@ fn metrics() -> PrometheusHandle {
 async fn serve(application: &str, slow: &[&str], timeout: Duration, deadline: Duration) -> Server {
     let config = seeded(application).await;
     let pool = db::pool(config, 10, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
-    let limits = app::Limits { timeout, deadline };
+    // No standing-queue rule: these tests check values and protocol, and
+    // some load the service far past its pool on purpose; shedding under
+    // overload is tested in virtual time (tests/fair.rs).
+    let limits = app::Limits {
+        timeout,
+        deadline,
+        standing_queue: None,
+    };
     let mode = |name: &str| {
         if slow.contains(&name) {
             Mode::Slow

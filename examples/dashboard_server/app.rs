@@ -35,13 +35,18 @@ use tokio::sync::mpsc;
 
 use crate::widgets::{self, Mode};
 
-/// How long each widget query and the whole dashboard may take.
+/// How long each widget query and the whole dashboard may take, and how
+/// long a dashboard may wait for its first permit.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Each query's timeout.
     pub timeout: Duration,
     /// The whole dashboard's deadline.
     pub deadline: Duration,
+    /// The fair limiter's standing-queue rule, `(target, interval)`
+    /// (see `FairLimiter::standing_queue`); `None` to wait as long as the
+    /// deadline allows.
+    pub standing_queue: Option<(Duration, Duration)>,
 }
 
 /// What every request shares: one fan-out configuration whose limiter is
@@ -58,17 +63,20 @@ impl AppState {
     /// name, under `limits`; one limiter of as many permits as the pool
     /// has connections serves every request, so a query never waits for a
     /// connection while its timeout runs. The limiter is fair between
-    /// tenants and sheds under overload: a dashboard waits at most 100 ms
-    /// for its first permit (20 ms once the queue has stood that long),
-    /// then degrades instead of answering late.
+    /// tenants and sheds under overload (`limits.standing_queue`: by
+    /// default a dashboard waits at most 100 ms for its first permit, 20 ms
+    /// once the queue has stood that long, then degrades instead of
+    /// answering late).
     pub fn new(
         pool: Pool,
         limits: Limits,
         mode: impl Fn(&str) -> Mode,
         metrics: PrometheusHandle,
     ) -> Self {
-        let limiter = FairLimiter::new(pool.status().max_size)
-            .standing_queue(Duration::from_millis(20), Duration::from_millis(100));
+        let mut limiter = FairLimiter::new(pool.status().max_size);
+        if let Some((target, interval)) = limits.standing_queue {
+            limiter = limiter.standing_queue(target, interval);
+        }
         let fan_out = FanOut::new()
             .timeout(limits.timeout)
             .deadline(limits.deadline)

@@ -129,6 +129,7 @@ async fn serve(args: Args) -> Result<(), String> {
     let limits = app::Limits {
         timeout: Duration::from_millis(args.timeout_ms),
         deadline: Duration::from_millis(args.deadline_ms),
+        standing_queue: Some((Duration::from_millis(20), Duration::from_millis(100))),
     };
     let mode = setup::modes(&args.slow, &args.broken);
     let router = app::router(app::AppState::new(pool, limits, mode, metrics));
