@@ -391,3 +391,107 @@ async fn the_background_refresher_raises_the_watermark() {
     drop(refresher);
     assert!(buckets_read(&client, &tenant).await >= 11);
 }
+
+/// Statements of `application` waiting for a lock.
+async fn waiting_for_a_lock(monitor: &Client, application: &str) -> i64 {
+    monitor
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            &[&application],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn until_waiting(monitor: &Client, application: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while waiting_for_a_lock(monitor, application).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{application} never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An overdue invoice issued two months ago for `tenant`, committed (and
+/// removed again by `remove_late_invoice`).
+const LATE_INVOICE: &str = "INSERT INTO invoices (tenant_id, id, parent_id, child_id, status, amount_cents, issued_at, due_date) \
+     SELECT tenant_id, id - (id % 100) + 60, parent_id, child_id, 'overdue', 654321, \
+            date_trunc('month', now()) - interval '2 months' + interval '5 days', \
+            (date_trunc('month', now()) - interval '2 months')::date + 19 \
+     FROM invoices WHERE tenant_id = $1 ORDER BY id LIMIT 1";
+
+async fn remove_late_invoice(client: &Client, tenant: &TenantId) {
+    client
+        .execute(
+            "DELETE FROM invoices WHERE tenant_id = $1 AND id % 100 = 60",
+            &[&tenant.as_str()],
+        )
+        .await
+        .unwrap();
+    dashboard_views::refresh(client).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_into_a_closed_month_during_a_refresh_is_never_lost() {
+    const REFRESHER: &str = "fanout-test-views-race-refresher";
+    const WRITER: &str = "fanout-test-views-race-writer";
+    let _turn = one_at_a_time().await;
+    let checker = own_schema("fanout-test-views-race-checker").await;
+    let refresher = own_schema(REFRESHER).await;
+    let writer = own_schema(WRITER).await;
+    let tenant = crate::tenant(2);
+    remove_late_invoice(&checker, &tenant).await;
+    let seeded = all_agree(&checker, &tenant, "before").await;
+
+    // 1. The write comes first and is still open when the refresh starts:
+    // the refresh waits for it, then takes it in.
+    writer.batch_execute("BEGIN").await.unwrap();
+    writer
+        .execute(LATE_INVOICE, &[&tenant.as_str()])
+        .await
+        .unwrap();
+    let refresh = tokio::spawn(async move {
+        dashboard_views::refresh(&refresher).await.unwrap();
+        refresher
+    });
+    until_waiting(&checker, REFRESHER).await;
+    writer.batch_execute("COMMIT").await.unwrap();
+    let refresher = refresh.await.unwrap();
+    let after = all_agree(&checker, &tenant, "write committed during the refresh").await;
+    assert_eq!(after.outstanding.0, seeded.outstanding.0 + 654_321);
+    assert!(
+        buckets_read(&checker, &tenant).await >= 11,
+        "the refresh took the write in"
+    );
+    remove_late_invoice(&checker, &tenant).await;
+
+    // 2. The refresh comes first and is still open when the write lands:
+    // the write's trigger waits for the refresh, then reopens the month.
+    refresher.batch_execute("BEGIN").await.unwrap();
+    dashboard_views::refresh(&refresher).await.unwrap();
+    let write = tokio::spawn(async move {
+        writer
+            .execute(LATE_INVOICE, &[&tenant_of(2)])
+            .await
+            .unwrap();
+    });
+    until_waiting(&checker, WRITER).await;
+    refresher.batch_execute("COMMIT").await.unwrap();
+    write.await.unwrap();
+    let after = all_agree(
+        &checker,
+        &tenant,
+        "write during the refresh, committed after it",
+    )
+    .await;
+    assert_eq!(after.outstanding.0, seeded.outstanding.0 + 654_321);
+    remove_late_invoice(&checker, &tenant).await;
+    assert_eq!(all_agree(&checker, &tenant, "after clean-up").await, seeded);
+}
+
+fn tenant_of(n: u32) -> String {
+    crate::seed::tenant_id(n)
+}
