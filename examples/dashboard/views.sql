@@ -8,6 +8,12 @@
 -- Months are date_trunc('month', ...) in the TimeZone of the session that
 -- refreshes; every bucket stores its own [month_start, month_end) as
 -- timestamptz, so readers compare instants and never re-derive a month.
+-- The refresh, the writers (whose trigger asks "before this month?") and
+-- the readers (whose widgets ask "this month") must share one TimeZone
+-- setting, as queries.sql and seed.sql already assume: the example never
+-- changes it; a deployment pins it per database (ALTER DATABASE ... SET
+-- timezone). With zones hours apart, "this month" and a bucket disagree
+-- for those hours around a month's end.
 --
 -- The watermark. A view row is only as good as the data it was refreshed
 -- from, so the hybrid queries (hybrid.sql) do not trust "months before this
@@ -30,6 +36,8 @@
 --     all in one transaction. A backdated write either committed before the
 --     refresh took its locks (so the refresh sees it) or waits for the
 --     refresh to commit and then lowers the new watermark.
+--     (A transaction writing into the past for two tenants can deadlock
+--     with a refresh; PostgreSQL then aborts one of them, to be retried.)
 
 -- step: drop-watermark
 DROP TABLE IF EXISTS views_watermark CASCADE;
