@@ -104,13 +104,10 @@ async fn run(args: Args) -> Result<(), String> {
     // once, then in the background; with --no-views they are left alone.
     let queries = if args.views {
         let refreshed = views::refresh(&client).await?;
-        let closed = refreshed
-            .complete_before
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         eprintln!(
-            "views refreshed in {} (closed months up to unix time {closed}); again every {} s",
+            "views refreshed in {}: months ending by {} come from them; refreshed again every {} s",
             stats::ms(refreshed.took),
+            refreshed.complete_before_text,
             args.refresh_views_secs
         );
         Queries::Hybrid

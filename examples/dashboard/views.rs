@@ -10,10 +10,13 @@ use tokio_postgres::{Client, Config};
 use crate::{db, seed};
 
 /// What one refresh did.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Refreshed {
     /// Months ending at or before this instant are read from the views.
+    #[allow(dead_code)] // the tests read it; the example prints the text
     pub complete_before: SystemTime,
+    /// The same instant as the server writes it, in its TimeZone.
+    pub complete_before_text: String,
     /// How long the refresh took.
     pub took: Duration,
 }
@@ -23,11 +26,15 @@ pub struct Refreshed {
 pub async fn refresh(client: &Client) -> Result<Refreshed, String> {
     let started = Instant::now();
     let row = client
-        .query_one("SELECT refresh_dashboard_views()", &[])
+        .query_one(
+            "SELECT at, at::text FROM refresh_dashboard_views() AS at",
+            &[],
+        )
         .await
         .map_err(|e| format!("refreshing the views: {}", seed::describe(&e)))?;
     Ok(Refreshed {
         complete_before: row.get(0),
+        complete_before_text: row.get(1),
         took: started.elapsed(),
     })
 }

@@ -1,7 +1,7 @@
 //! Database tests: the dashboard example's six widgets against a real
 //! PostgreSQL, seeded by the tests themselves (see `tests/pg`).
 
-#[allow(dead_code)] // `Refreshed::took` is for the example's report
+#[allow(dead_code)] // `Refreshed::took` and `complete_before_text` are for the example's report
 #[path = "../../examples/dashboard/views.rs"]
 mod dashboard_views;
 #[path = "../../examples/dashboard/db.rs"]
