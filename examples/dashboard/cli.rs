@@ -33,6 +33,12 @@ options:
   --bench              load mode: sequential vs concurrent vs cached, for a fixed number of dashboards
   --clients C          --bench: concurrent clients (default 32)
   --dashboards N       --bench: dashboards per mode (default 2000)
+  --no-views           run the live-only widget queries (queries.sql) instead of the hybrid ones
+                       that read closed months from the materialized views (the default)
+  --refresh-views SECS refresh the views every SECS seconds in the background (default 300;
+                       they are also refreshed once at start)
+  --bench-views        load mode: cold (uncached) dashboards with views vs --no-views, alternating;
+                       medians and their ratio (--dashboards defaults to 400 here)
   --capacity           load mode: a capacity curve and a noisy neighbour, fifo against fair
   --steady             load mode: the cache under a steady load, TTL only against refresh-ahead
   --seconds S          --capacity: how long each point runs (default 4); --steady: how long
@@ -64,6 +70,9 @@ pub struct Args {
     pub capacity: bool,
     pub steady: bool,
     pub seconds: Option<u64>,
+    pub views: bool,
+    pub refresh_views_secs: u64,
+    pub bench_views: bool,
 }
 
 /// What the command line asked for.
@@ -77,6 +86,8 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
 
     let mut parser = lexopt::Parser::from_args(args);
     let mut rounds = None;
+    let mut dashboards = None;
+    let mut refresh_views = None;
     let mut parsed = Args {
         tenants: 20,
         tenant: "tenant-0001".to_owned(),
@@ -99,6 +110,9 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
         capacity: false,
         steady: false,
         seconds: None,
+        views: true,
+        refresh_views_secs: 300,
+        bench_views: false,
     };
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
@@ -119,7 +133,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
             Long("redis") => parsed.redis = Some(text(&mut parser, "--redis")?),
             Long("bench") => parsed.bench = true,
             Long("clients") => parsed.clients = positive(&mut parser, "--clients")?,
-            Long("dashboards") => parsed.dashboards = positive(&mut parser, "--dashboards")?,
+            Long("dashboards") => dashboards = Some(positive(&mut parser, "--dashboards")?),
             Long("limiter") => {
                 parsed.fair = match text(&mut parser, "--limiter")?.as_str() {
                     "fair" => true,
@@ -140,6 +154,11 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
             Long("capacity") => parsed.capacity = true,
             Long("steady") => parsed.steady = true,
             Long("seconds") => parsed.seconds = Some(positive(&mut parser, "--seconds")?),
+            Long("no-views") => parsed.views = false,
+            Long("refresh-views") => {
+                refresh_views = Some(positive(&mut parser, "--refresh-views")?)
+            }
+            Long("bench-views") => parsed.bench_views = true,
             Short('h') | Long("help") => return Ok(Parsed::Help),
             other => return Err(format!("{}; see --help", other.unexpected())),
         }
@@ -149,14 +168,31 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parse
             "{both} is both --slow-query and --break-query; pick one"
         ));
     }
-    if [parsed.bench, parsed.capacity, parsed.steady]
-        .iter()
-        .filter(|&&on| on)
-        .count()
-        > 1
-    {
-        return Err("--bench, --capacity and --steady are load modes: pick one".to_owned());
+    let modes = [
+        ("--bench", parsed.bench),
+        ("--capacity", parsed.capacity),
+        ("--steady", parsed.steady),
+        ("--bench-views", parsed.bench_views),
+    ];
+    let chosen: Vec<&str> = modes.iter().filter(|m| m.1).map(|m| m.0).collect();
+    if let [first, second, ..] = chosen[..] {
+        return Err(format!("{first} and {second} are two load modes: pick one"));
     }
+    if parsed.bench_views && !parsed.views {
+        return Err(
+            "--bench-views compares views with --no-views itself: drop --no-views".to_owned(),
+        );
+    }
+    if let Some(secs) = refresh_views {
+        if !parsed.views {
+            return Err(
+                "--refresh-views refreshes the views that --no-views leaves unread: pick one"
+                    .to_owned(),
+            );
+        }
+        parsed.refresh_views_secs = secs;
+    }
+    parsed.dashboards = dashboards.unwrap_or(if parsed.bench_views { 400 } else { 2000 });
     if parsed.redis.is_some() && !parsed.cache {
         return Err("--redis shares the cache: add --cache".to_owned());
     }

@@ -14,13 +14,22 @@
 //! cargo run --release --example dashboard -- --bench
 //! cargo run --release --example dashboard -- --capacity
 //! cargo run --release --example dashboard -- --steady
+//! cargo run --example dashboard -- --no-views
+//! cargo run --release --example dashboard -- --bench-views
 //! ```
+//!
+//! The widgets that aggregate history (invoice_stats, outstanding,
+//! total_revenue) read closed months from two materialized views and the
+//! rest live, in one statement (hybrid.sql); the views are refreshed at
+//! start and every `--refresh-views` seconds. `--no-views` runs the
+//! live-only queries instead: same values.
 //!
 //! With `DATABASE_URL` set it uses that database (in a schema of its own,
 //! `fanout_demo`); otherwise it starts a throw-away PostgreSQL from the
 //! server binaries installed on this machine and removes it on exit.
 
 mod bench;
+mod bench_views;
 mod capacity;
 mod cli;
 mod db;
@@ -32,6 +41,7 @@ mod sql;
 mod stats;
 mod steady;
 mod throwaway_pg;
+mod views;
 mod widgets;
 
 use std::fmt::Display;
@@ -46,7 +56,7 @@ use tokio::sync::Semaphore;
 
 use cli::{Args, Parsed};
 use stats::Samples;
-use widgets::Mode;
+use widgets::{Mode, Queries};
 
 /// The schema the example creates its tables in.
 const SCHEMA: &str = "fanout_demo";
@@ -65,7 +75,7 @@ fn main() -> ExitCode {
     };
     // Degraded widgets log one WARN each: the point of the demo. Under load
     // they would drown the report, so --bench shows errors only.
-    let level = if args.bench || args.capacity || args.steady {
+    let level = if args.bench || args.capacity || args.steady || args.bench_views {
         tracing::Level::ERROR
     } else {
         tracing::Level::WARN
@@ -91,6 +101,27 @@ async fn run(args: Args) -> Result<(), String> {
             seed::tenant_id(args.tenants)
         ));
     }
+
+    // The views are refreshed once now, so closed months come from them at
+    // once, then in the background; with --no-views they are left alone.
+    let queries = if args.views {
+        let refreshed = views::refresh(&client).await?;
+        eprintln!(
+            "views refreshed in {}: months ending by {} come from them; refreshed again every {} s",
+            stats::ms(refreshed.took),
+            refreshed.complete_before_text,
+            args.refresh_views_secs
+        );
+        Queries::Hybrid
+    } else {
+        Queries::Live
+    };
+    let _refresher = (args.views && !args.bench_views).then(|| {
+        views::refresh_every(
+            database.config.clone(),
+            Duration::from_secs(args.refresh_views_secs),
+        )
+    });
 
     let pool = db::pool(database.config.clone(), args.pool, Duration::from_secs(5))?;
     // One limiter for every dashboard, sized to the pool: a query never
@@ -132,7 +163,10 @@ async fn run(args: Args) -> Result<(), String> {
         let tenants: Vec<TenantId> = (1..=args.tenants)
             .map(|n| TenantId::new(seed::tenant_id(n)).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?;
-        let dashboard = Arc::new(layers::layer(widgets::dashboard(&pool, mode), None));
+        let dashboard = Arc::new(layers::layer(
+            widgets::dashboard_with(&pool, queries, mode),
+            None,
+        ));
         let limiters = capacity::Limiters {
             fifo,
             fair_deadline_only: planned_again.fair_limiter(FairLimiter::new(args.pool)),
@@ -148,11 +182,33 @@ async fn run(args: Args) -> Result<(), String> {
         let seconds = args.seconds.unwrap_or(12);
         return steady::run(&pool, mode, &tenants, &concurrent, seconds).await;
     }
+    if args.bench_views {
+        let tenants: Vec<TenantId> = (1..=args.tenants)
+            .map(|n| TenantId::new(seed::tenant_id(n)).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let with_views = widgets::dashboard_with(&pool, Queries::Hybrid, mode);
+        let live = widgets::dashboard_with(&pool, Queries::Live, mode);
+        return bench_views::run(
+            args.dashboards,
+            &with_views,
+            &live,
+            &sequential,
+            &concurrent,
+            &tenants,
+            args.pool,
+        )
+        .await;
+    }
     if args.bench {
         let tenants: Vec<TenantId> = (1..=args.tenants)
             .map(|n| TenantId::new(seed::tenant_id(n)).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?;
-        let layered = |cache| Arc::new(layers::layer(widgets::dashboard(&pool, mode), cache));
+        let layered = |cache| {
+            Arc::new(layers::layer(
+                widgets::dashboard_with(&pool, queries, mode),
+                cache,
+            ))
+        };
         let dashboards = bench::Dashboards {
             direct: layered(None),
             cached: layered(Some(&caching)),
@@ -161,12 +217,15 @@ async fn run(args: Args) -> Result<(), String> {
     }
 
     let layer = args.cache.then_some(&caching);
-    let dashboard = layers::layer(widgets::dashboard(&pool, mode), layer);
+    let dashboard = layers::layer(widgets::dashboard_with(&pool, queries, mode), layer);
     let degraded = !args.slow.is_empty() || !args.broken.is_empty();
     if args.cache && degraded {
         // Show stale-if-error: fill the cache with healthy widgets, let the
         // values pass their TTL, then load the degraded dashboard.
-        let healthy = layers::layer(widgets::dashboard(&pool, |_| Mode::Normal), layer);
+        let healthy = layers::layer(
+            widgets::dashboard_with(&pool, queries, |_| Mode::Normal),
+            layer,
+        );
         concurrent.run(&tenant, layers::refs(&healthy)).await;
         println!(
             "
@@ -181,8 +240,15 @@ cache filled by a healthy dashboard; waiting {} s for the values to pass their T
     }
 
     println!(
-        "\ntenant {tenant}: one dashboard, six queries at once (timeout {} ms each, deadline {} ms, pool {})",
-        args.timeout_ms, args.deadline_ms, args.pool
+        "\ntenant {tenant}: one dashboard, six queries at once (timeout {} ms each, deadline {} ms, pool {}; {})",
+        args.timeout_ms,
+        args.deadline_ms,
+        args.pool,
+        if args.views {
+            "closed months from the views"
+        } else {
+            "live-only queries"
+        }
     );
     let started = Instant::now();
     let (revenue, outstanding, children, invoices, payments, arrears) =

@@ -51,7 +51,11 @@ async fn seed_unless_current(
         return Ok(false);
     }
 
-    let steps: Vec<(&str, &str)> = sql::sections(sql::SEED, "-- step:").collect();
+    // The views go last: built from the loaded tables, and their triggers
+    // would slow the load down.
+    let steps: Vec<(&str, &str)> = sql::sections(sql::SEED, "-- step:")
+        .chain(sql::sections(sql::VIEWS, "-- step:"))
+        .collect();
     let bar = if progress {
         ProgressBar::new(steps.len() as u64 + 1)
     } else {
@@ -101,11 +105,11 @@ async fn seed_unless_current(
     Ok(true)
 }
 
-/// Identifies a seed: its size and the SQL that made it, so editing the
-/// SQL reseeds.
+/// Identifies a seed: its size and the SQL that made it (views included),
+/// so editing the SQL reseeds.
 fn seed_digest(tenants: u32) -> String {
     let mut hasher = DefaultHasher::new();
-    (sql::SCHEMA, sql::SEED, tenants).hash(&mut hasher);
+    (sql::SCHEMA, sql::SEED, sql::VIEWS, tenants).hash(&mut hasher);
     format!("{tenants}:{:016x}", hasher.finish())
 }
 

@@ -2,11 +2,17 @@
 
 /// The six widget queries: `-- name: NAME` headers, tenant id as `$1`.
 pub const QUERIES: &str = include_str!("queries.sql");
+/// Hybrid forms of the widgets the materialized views serve: closed months
+/// from the views, the rest live. Same headers, parameters and columns.
+pub const HYBRID: &str = include_str!("hybrid.sql");
 /// Independent formulations of the same six values, for tests.
 #[allow(dead_code)] // read by the tests, which share this module
 pub const VERIFY: &str = include_str!("verify.sql");
 /// Drops and recreates the tables.
 pub const SCHEMA: &str = include_str!("schema.sql");
+/// The materialized views, their watermark and refresh function, as
+/// `-- step: NAME` sections run after the seed.
+pub const VIEWS: &str = include_str!("views.sql");
 /// The seed, as `-- step: NAME` sections with a `{{TENANTS}}` placeholder.
 pub const SEED: &str = include_str!("seed.sql");
 

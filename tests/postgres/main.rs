@@ -1,6 +1,9 @@
 //! Database tests: the dashboard example's six widgets against a real
 //! PostgreSQL, seeded by the tests themselves (see `tests/pg`).
 
+#[allow(dead_code)] // `Refreshed::took` and `complete_before_text` are for the example's report
+#[path = "../../examples/dashboard/views.rs"]
+mod dashboard_views;
 #[path = "../../examples/dashboard/db.rs"]
 mod db;
 #[path = "../../examples/dashboard/seed.rs"]
@@ -23,6 +26,7 @@ mod locked_table;
 mod pool;
 mod restart;
 mod timeouts;
+mod views;
 
 use std::time::{Duration, Instant};
 
