@@ -76,6 +76,9 @@ mod warm;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{EarlyRefresh, InvalidEarlyRefresh};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisTier, RedisTierError, SharedCache, SharedCached};
 pub use load::LoadError;
 pub use local::QueryCache;
