@@ -291,9 +291,13 @@ impl fmt::Debug for SharedCache {
 /// - takes the key's lock with `SET NX`, and reads the value, in one
 ///   round trip; it never waits on the lock;
 /// - with the lock, runs the query (this caller waits for it, as on a
-///   miss), stores the value in Redis and in its in-process tier, and
-///   gets `Fresh`; if the query fails, it gets the value it read, `Cached`
-///   (logged at WARN), and the lock is released for another try;
+///   miss, under the query's timeout), stores the value in Redis and in
+///   its in-process tier, and gets `Fresh`; if the query fails, it gets
+///   the value it read, `Cached` (logged at WARN), and the lock is
+///   released for another try; if it times out, or the caller is dropped,
+///   the refresh stops and its lock lapses after the
+///   [lock TTL](RedisTier::lock_ttl) (the caller that timed out gets what
+///   a timed-out miss gets: the value, marked stale);
 /// - without it (another instance is refreshing), or with Redis
 ///   unavailable, gets the value it read, `Cached`, at once;
 /// - finding in Redis a value newer than the one it read (another instance
@@ -304,10 +308,12 @@ impl fmt::Debug for SharedCache {
 /// instances one computation per key refreshes it (a second only if the
 /// lock expires first). What it costs: near expiry, a read that decides
 /// makes one Redis round trip (the call timeout bounds it); a value is
-/// recomputed somewhat before its time to live is up (on average a small
-/// multiple of its computation time), and a value read from a build
-/// without computation times (or computed in under a millisecond) is only
-/// recomputed at expiry. Builds with and without early refresh share
+/// recomputed before its time to live is up, by about `delta × beta ×
+/// ln(reads in delta × beta)` for a value computed in `delta` (every read,
+/// on every instance, draws: a key read 100 times a second, computed in
+/// 300 ms, is refreshed about 1 s early at beta 1), and a value read from
+/// a build without computation times (or computed in under a millisecond)
+/// is only recomputed at expiry. Builds with and without early refresh share
 /// values under the same `v2` keys, both ways: the computation time is
 /// written after the value's MessagePack array, where a build without it
 /// does not look, and a value without it reads as computed in no time.
