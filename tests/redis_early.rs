@@ -7,6 +7,7 @@
 //! Redis before the old one expired, whether executions overlapped), never
 //! how long a call took.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,6 +65,7 @@ struct Execution {
 struct Slow {
     latency: Duration,
     executions: Arc<Mutex<Vec<Execution>>>,
+    fail: Arc<AtomicBool>,
 }
 
 impl Slow {
@@ -71,6 +73,7 @@ impl Slow {
         Self {
             latency,
             executions: Arc::default(),
+            fail: Arc::default(),
         }
     }
 
@@ -95,6 +98,9 @@ impl DashboardQuery for Slow {
             started_ms,
             ended_ms: now_ms(),
         });
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(Unavailable);
+        }
         Ok(Report {
             run: executions.len(),
             total: 125_000,
@@ -398,4 +404,21 @@ async fn an_instance_that_finds_the_lock_held_serves_its_value_at_once() {
     let (outcome,) = FanOut::new().run(&tenant, (&off,)).await;
     assert_eq!(outcome.value.run, 9);
     assert_eq!(db.executions().len(), 2);
+}
+
+#[tokio::test]
+async fn a_failed_early_refresh_serves_the_cached_value_and_frees_the_lock() {
+    let (_ns, redis, db) = one_value_stored("refresh-fails").await;
+    db.fail.store(true, Ordering::SeqCst);
+    for attempt in 2..=4 {
+        // The read decides to refresh, takes the lock, the query fails:
+        // the value read is served, within its TTL.
+        let source = eager_read(&redis, &db).await;
+        assert!(matches!(source, Source::Cached { .. }), "{source:?}");
+        // The lock was released, not left to lapse: the next read tries
+        // again at once.
+        assert_eq!(db.executions().len(), attempt);
+    }
+    db.fail.store(false, Ordering::SeqCst);
+    assert!(matches!(eager_read(&redis, &db).await, Source::Fresh));
 }

@@ -293,8 +293,10 @@ impl fmt::Debug for SharedCache {
 /// - with the lock, runs the query (this caller waits for it, as on a
 ///   miss, under the query's timeout), stores the value in Redis and in
 ///   its in-process tier, and gets `Fresh`; if the query fails, it gets
-///   the value it read, `Cached` (logged at WARN), and the lock is
-///   released for another try; if it times out, or the caller is dropped,
+///   the value it read, `Cached` (logged at WARN; if the value expired
+///   meanwhile, what a failed miss gets: the value, marked stale), and the
+///   lock is released for another try; if it times out, or the caller is
+///   dropped,
 ///   the refresh stops and its lock lapses after the
 ///   [lock TTL](RedisTier::lock_ttl) (the caller that timed out gets what
 ///   a timed-out miss gets: the value, marked stale);
@@ -651,7 +653,9 @@ where
     /// store its value in both tiers; without it (another instance is
     /// refreshing, or Redis is unavailable), serve the value read. A newer
     /// value found in Redis (another instance refreshed it) is served and
-    /// replaces this instance's.
+    /// replaces this instance's. A failed query serves the value read if it
+    /// is still within its time to live, and is an error otherwise (the
+    /// caller then gets the value marked stale, as on a failed miss).
     async fn refresh_early(
         &self,
         ctx: QueryContext,
@@ -659,18 +663,19 @@ where
         replacement: Replacement,
         read: Stamped<Q::Output>,
         age: Duration,
-    ) -> Loaded<Q::Output> {
+    ) -> Result<Loaded<Q::Output>, LoadError> {
         let redis = &self.cache.redis;
         let name = self.query.name();
         let keys = self.keys(ctx.tenant(), generation);
         let token = lock_token();
+        let read_at = Instant::now();
         let as_read = |read: Stamped<Q::Output>| Loaded::Cached {
             value: read.value,
-            age,
+            age: age.saturating_add(read_at.elapsed()),
         };
         let Some((locked, bytes)) = redis.lock_and_get(&keys, &token, self.lock_ttl(&ctx)).await
         else {
-            return as_read(read);
+            return Ok(as_read(read));
         };
         let newer = bytes
             .and_then(|bytes| {
@@ -690,10 +695,10 @@ where
                 .local
                 .replace(replacement, newer, age, self.policy)
                 .await;
-            return Loaded::Cached { value, age };
+            return Ok(Loaded::Cached { value, age });
         }
         if !locked {
-            return as_read(read);
+            return Ok(as_read(read));
         }
         let tenant = ctx.tenant().clone();
         match self.run_and_store(ctx, &keys, Some(&token)).await {
@@ -703,16 +708,24 @@ where
                     .local
                     .replace(replacement, fresh, Duration::ZERO, self.policy)
                     .await;
-                Loaded::Fresh(value)
+                Ok(Loaded::Fresh(value))
             }
             Err(error) => {
-                tracing::warn!(
-                    %tenant,
-                    query = name,
-                    %error,
-                    "early refresh failed; serving the cached value, still within its time to live"
-                );
-                as_read(read)
+                let served = as_read(read);
+                if matches!(served, Loaded::Cached { age, .. } if age < self.policy.time_to_live())
+                {
+                    tracing::warn!(
+                        %tenant,
+                        query = name,
+                        %error,
+                        "early refresh failed; serving the cached value, still within its time to live"
+                    );
+                    Ok(served)
+                } else {
+                    // Expired meanwhile: a failure, logged where the caller's
+                    // fallback is chosen.
+                    Err(LoadError::Query(Arc::new(error)))
+                }
             }
         }
     }
@@ -826,9 +839,8 @@ where
                     .early
                     .is_due(age, value.computed_in, self.policy.time_to_live()) =>
             {
-                Ok(self
-                    .refresh_early(refresh_ctx, generation, replacement, value, age)
-                    .await)
+                self.refresh_early(refresh_ctx, generation, replacement, value, age)
+                    .await
             }
             (Loaded::Cached { value, age }, _) => Ok(Loaded::Cached {
                 value: value.value,
