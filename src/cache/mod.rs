@@ -24,6 +24,10 @@
 //! in-process tier and the database with one WARN, never an error; see
 //! [`RedisTier`].
 //!
+//! Shortly before a shared value expires, one instance recomputes it while
+//! the others keep serving it, so that readers need not wait at expiry
+//! ([`EarlyRefresh`], "XFetch").
+//!
 //! # Examples
 //!
 //! ```
