@@ -461,3 +461,52 @@ impl fmt::Debug for QueryCache {
             .finish_non_exhaustive()
     }
 }
+
+/// A value found or computed outside a load (an early refresh through the
+/// shared tier, [`SharedCached`](super::SharedCached)), to replace the one
+/// stored for a key: the key and freshness limit as of when the caller
+/// read the old value, so a tenant invalidated since keeps none of it.
+pub(super) struct Replacement {
+    key: Key,
+    fresh_until: Option<Instant>,
+}
+
+impl QueryCache {
+    /// The key `replace` will store under, taken now.
+    pub(super) fn replacement(
+        &self,
+        tenant: &TenantId,
+        query: &'static str,
+        key: &Arc<str>,
+    ) -> Replacement {
+        Replacement {
+            key: self.key(tenant, query, key),
+            fresh_until: Instant::now().checked_add(self.inner.generations.record_lifetime()),
+        }
+    }
+
+    /// Stores `value`, `age` old, in place of what `replacement`'s key
+    /// holds, by the same rules as a load's value: not if the tenant was
+    /// invalidated here since `replacement` was taken.
+    pub(super) async fn replace<T: Send + Sync + 'static>(
+        &self,
+        replacement: Replacement,
+        value: T,
+        age: Duration,
+        policy: CachePolicy,
+    ) {
+        let now = Instant::now();
+        let entry = Entry {
+            value: Arc::new(value),
+            stored_at: now.checked_sub(age).unwrap_or(now),
+            keep_for: policy.keep_for().saturating_sub(age),
+            retry_at: Arc::default(),
+        };
+        let Replacement { key, fresh_until } = replacement;
+        let fresh_enough = fresh_until.is_none_or(|until| now < until);
+        if fresh_enough && self.inner.generation_of(&key.tenant) == key.generation {
+            self.inner.generations.stored(entry.keep_for);
+            self.inner.entries.insert(key, entry).await;
+        }
+    }
+}

@@ -25,6 +25,10 @@
 //! in-process tier and the database with one WARN, never an error; see
 //! [`RedisTier`].
 //!
+//! Shortly before a shared value expires, one instance recomputes it while
+//! the others keep serving it, so that readers need not wait at expiry
+//! ([`EarlyRefresh`], "XFetch").
+//!
 //! # Examples
 //!
 //! ```
@@ -75,6 +79,9 @@ mod local;
 mod redis;
 mod warm;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{EarlyRefresh, InvalidEarlyRefresh};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisTier, RedisTierError, SharedCache, SharedCached};

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Wall-clock milliseconds since the Unix epoch: values' ages must agree
 /// across instances, which share no monotonic clock.
@@ -20,22 +20,57 @@ pub(super) fn now_ms() -> u64 {
 /// struct's fields as a map from their names (`to_vec_named`), so a build
 /// whose struct lists them in another order reads them back right, and a
 /// field left out (`skip_serializing_if`) is missing, not shifting the rest.
+///
+/// Then, after that array, a trailer: how long the value took to compute,
+/// in milliseconds, as a MessagePack unsigned integer (early refresh,
+/// [`EarlyRefresh`](super::EarlyRefresh)). A build that knows no trailer
+/// reads the array and ignores what follows it (`rmp_serde::from_slice`
+/// reads one object), so builds with and without it share `v2` values both
+/// ways; a value without it is read as computed in no time. (The time is
+/// not a third array element: a reader of two elements refuses three.)
 pub(super) fn encode<T: Serialize>(
     value: &T,
     computed_at_ms: u64,
+    computed_in_ms: u64,
 ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    rmp_serde::to_vec_named(&(computed_at_ms, value))
+    let mut bytes = rmp_serde::to_vec_named(&(computed_at_ms, value))?;
+    rmp_serde::encode::write(&mut bytes, &computed_in_ms)?;
+    Ok(bytes)
 }
 
-/// A stored value younger than `limit` and its age, `Ok(None)` for one
-/// older; an error for bytes that do not decode as a `T`.
+/// A value read back from Redis.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Stored<T> {
+    pub(super) value: T,
+    /// How old it is: from when it was computed, on any instance.
+    pub(super) age: Duration,
+    /// When it was computed, in wall-clock ms: which of two values is newer.
+    pub(super) computed_at_ms: u64,
+    /// How long it took to compute (zero when the writer did not say).
+    pub(super) computed_in: Duration,
+}
+
+/// A stored value younger than `limit`, `Ok(None)` for one older; an error
+/// for bytes that do not decode as a `T`. A trailer that is missing or not
+/// an unsigned integer reads as a computation time of zero.
 pub(super) fn decode_within<T: DeserializeOwned>(
     bytes: &[u8],
     limit: Duration,
-) -> Result<Option<(T, Duration)>, rmp_serde::decode::Error> {
-    let (computed_at_ms, value) = rmp_serde::from_slice::<(u64, T)>(bytes)?;
+) -> Result<Option<Stored<T>>, rmp_serde::decode::Error> {
+    let mut reader = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    let (computed_at_ms, value) = <(u64, T)>::deserialize(&mut reader)?;
+    let rest = usize::try_from(reader.position())
+        .ok()
+        .and_then(|read| bytes.get(read..))
+        .unwrap_or_default();
+    let computed_in_ms = rmp_serde::from_slice::<u64>(rest).unwrap_or(0);
     let age = Duration::from_millis(now_ms().saturating_sub(computed_at_ms));
-    Ok((age < limit).then_some((value, age)))
+    Ok((age < limit).then_some(Stored {
+        value,
+        age,
+        computed_at_ms,
+        computed_in: Duration::from_millis(computed_in_ms),
+    }))
 }
 
 /// Which values a key may hold: a fingerprint of the value's type and the

@@ -5,12 +5,14 @@
 
 mod codec;
 mod decode_failures;
+mod early;
 mod error;
 mod generations;
 mod health;
 mod shared;
 mod tier;
 
+pub use self::early::{EarlyRefresh, InvalidEarlyRefresh};
 pub use self::error::RedisTierError;
 pub use self::shared::{SharedCache, SharedCached};
 pub use self::tier::RedisTier;
@@ -22,18 +24,20 @@ mod tests {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
+    use super::EarlyRefresh;
     use super::RedisTierError;
     use super::codec::{Schema, decode_within, encode, fnv1a, now_ms};
+    use super::early::is_due;
     use super::generations::{Generation, Generations, keep_for};
     use super::health::Health;
     use super::tier::{MAX_PX_MS, escape, lock_token, px};
 
     fn round_trip<T: Serialize + DeserializeOwned>(value: &T) -> T {
-        let bytes = encode(value, now_ms()).unwrap();
+        let bytes = encode(value, now_ms(), 0).unwrap();
         decode_within(&bytes, Duration::from_secs(60))
             .unwrap()
             .unwrap()
-            .0
+            .value
     }
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -65,7 +69,7 @@ mod tests {
         let json = serde_json::json!({"total": 125000, "rows": [{"id": 1, "paid": true}], "note": null, "rate": 0.5});
         assert_eq!(round_trip(&json), json);
         // A struct is a map from its field names.
-        let bytes = encode(&stats, 0).unwrap();
+        let bytes = encode(&stats, 0, 0).unwrap();
         let text = String::from_utf8_lossy(&bytes);
         assert!(
             ["count", "names", "ratio", "kind", "Tagged", "id"]
@@ -94,10 +98,11 @@ mod tests {
             names: vec!["x".into()],
             count: 9,
         };
-        let bytes = encode(&old, now_ms()).unwrap();
-        let (new, _) = decode_within::<Stats>(&bytes, Duration::from_secs(60))
+        let bytes = encode(&old, now_ms(), 0).unwrap();
+        let new = decode_within::<Stats>(&bytes, Duration::from_secs(60))
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .value;
         let expected = Stats {
             count: 9,
             names: vec!["x".into()],
@@ -126,17 +131,18 @@ mod tests {
 
     #[test]
     fn a_value_of_another_shape_is_a_miss_and_an_old_one_too() {
-        let bytes = encode(&"text".to_owned(), now_ms()).unwrap();
+        let bytes = encode(&"text".to_owned(), now_ms(), 0).unwrap();
         assert!(decode_within::<i64>(&bytes, Duration::from_secs(60)).is_err());
-        let old = encode(&1_i64, now_ms() - 61_000).unwrap();
+        let old = encode(&1_i64, now_ms() - 61_000, 0).unwrap();
         assert!(
             decode_within::<i64>(&old, Duration::from_secs(60))
                 .unwrap()
                 .is_none()
         );
-        let (_, age) = decode_within::<i64>(&old, Duration::from_secs(120))
+        let age = decode_within::<i64>(&old, Duration::from_secs(120))
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .age;
         assert!(age >= Duration::from_secs(61));
     }
 
@@ -193,6 +199,140 @@ mod tests {
         // A call that succeeds anyway (an explicit `generation`) ends it.
         health.succeeded("ns");
         assert!(health.admits(Duration::MAX));
+    }
+
+    /// How a `v2` build without computation times reads a value: the
+    /// codec of commit 977badf, verbatim.
+    fn decode_as_a_v2_build_without_computation_times<T: DeserializeOwned>(
+        bytes: &[u8],
+    ) -> Result<(u64, T), rmp_serde::decode::Error> {
+        rmp_serde::from_slice::<(u64, T)>(bytes)
+    }
+
+    #[test]
+    fn a_value_with_its_computation_time_reads_back_in_this_build_and_an_older_one() {
+        let stats = Stats {
+            count: 1,
+            names: vec![],
+            ratio: None,
+            kind: Kind::Plain,
+        };
+        let at = now_ms();
+        let bytes = encode(&stats, at, 1_234).unwrap();
+        // This build: the value, its time and its computation time.
+        let stored = decode_within::<Stats>(&bytes, Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.value, stats);
+        assert_eq!(stored.computed_at_ms, at);
+        assert_eq!(stored.computed_in, Duration::from_millis(1_234));
+        // A build that knows no computation time reads the same value.
+        let (old_at, old_value) =
+            decode_as_a_v2_build_without_computation_times::<Stats>(&bytes).unwrap();
+        assert_eq!((old_at, old_value), (at, stats));
+    }
+
+    #[test]
+    fn a_value_written_without_a_computation_time_reads_as_computed_in_no_time() {
+        // What a build without computation times writes.
+        let at = now_ms();
+        let old = rmp_serde::to_vec_named(&(at, 7_i64)).unwrap();
+        let stored = decode_within::<i64>(&old, Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+        assert_eq!((stored.value, stored.computed_at_ms), (7, at));
+        assert_eq!(stored.computed_in, Duration::ZERO);
+        // A trailer some later build might write that is not a number: the
+        // value still reads, computed in no time.
+        let mut odd = old.clone();
+        rmp_serde::encode::write(&mut odd, &"later").unwrap();
+        let stored = decode_within::<i64>(&odd, Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+        assert_eq!((stored.value, stored.computed_in), (7, Duration::ZERO));
+        // Never due before expiry, whatever the draw.
+        let early = EarlyRefresh::new(1e9).unwrap().seed(3);
+        let ttl = Duration::from_secs(60);
+        assert!((0..1_000).all(|_| !early.is_due(
+            ttl - Duration::from_millis(1),
+            stored.computed_in,
+            ttl
+        )));
+    }
+
+    #[test]
+    fn the_xfetch_rule_for_fixed_draws() {
+        let ttl = Duration::from_secs(60);
+        let delta = Duration::from_secs(2);
+        let ms = Duration::from_millis;
+        // At and after expiry: always, whatever the draw, beta or delta.
+        for u in [1.0, 0.5, 1e-9] {
+            assert!(is_due(ttl, delta, ttl, 1.0, u));
+            assert!(is_due(ttl + ms(1), Duration::ZERO, ttl, 0.0, u));
+        }
+        // A draw of 1 (−ln u = 0), beta 0 or no computation time: never
+        // before expiry.
+        for age in [ms(0), ms(30_000), ttl - ms(1)] {
+            assert!(!is_due(age, delta, ttl, 1.0, 1.0));
+            assert!(!is_due(age, delta, ttl, 0.0, 1e-9));
+            assert!(!is_due(age, Duration::ZERO, ttl, 1.0, 1e-9));
+        }
+        // For one draw, due from one age on: ttl − delta·beta·(−ln u).
+        let u = (-1.0_f64).exp(); // −ln u = 1: due from 2 s before expiry
+        assert!(!is_due(ttl - ms(2_001), delta, ttl, 1.0, u));
+        assert!(is_due(ttl - ms(1_999), delta, ttl, 1.0, u));
+        // Twice the beta, twice as early.
+        assert!(!is_due(ttl - ms(4_001), delta, ttl, 2.0, u));
+        assert!(is_due(ttl - ms(3_999), delta, ttl, 2.0, u));
+        // Monotone in age for every draw on a grid.
+        for i in 1..=100 {
+            let u = f64::from(i) / 100.0;
+            let mut was_due = false;
+            for age_ms in (0..=60_000).step_by(100) {
+                let due = is_due(ms(age_ms), delta, ttl, 1.0, u);
+                assert!(due || !was_due, "u {u}, age {age_ms} ms");
+                was_due = due;
+            }
+            assert!(was_due);
+        }
+    }
+
+    #[test]
+    fn with_a_seeded_source_early_refreshes_grow_likelier_as_expiry_nears() {
+        let ttl = Duration::from_secs(60);
+        let delta = Duration::from_secs(1);
+        let share_due = |seconds_left: u64| {
+            let early = EarlyRefresh::default().seed(42);
+            let age = ttl - Duration::from_secs(seconds_left);
+            (0..10_000)
+                .filter(|_| early.is_due(age, delta, ttl))
+                .count()
+        };
+        // Expected: 10 000 × e^(−left / delta).
+        let shares: Vec<usize> = [30, 5, 2, 1, 0].map(share_due).to_vec();
+        assert_eq!(shares[0], 0, "{shares:?}"); // e^-30: never in practice
+        assert!(shares.windows(2).all(|w| w[0] < w[1]), "{shares:?}");
+        assert!((40..=100).contains(&shares[1]), "{shares:?}"); // ~67
+        assert!((3_400..=4_000).contains(&shares[3]), "{shares:?}"); // ~3 679
+        assert_eq!(shares[4], 10_000);
+        // The same seed, the same decisions.
+        assert_eq!(share_due(2), share_due(2));
+        // Beta 0: never before expiry.
+        let off = EarlyRefresh::OFF;
+        assert!((0..1_000).all(|_| !off.is_due(ttl - Duration::from_millis(1), delta, ttl)));
+    }
+
+    #[test]
+    fn beta_is_finite_and_not_negative() {
+        for bad in [f64::NAN, -1.0, f64::NEG_INFINITY, f64::INFINITY, -1e-300] {
+            assert!(EarlyRefresh::new(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            EarlyRefresh::new(-0.0).unwrap().beta().to_bits(),
+            0.0_f64.to_bits()
+        );
+        assert_eq!(EarlyRefresh::new(0.5).unwrap().beta(), 0.5);
+        assert_eq!(EarlyRefresh::default().beta(), 1.0);
     }
 
     fn tenant(id: &str) -> crate::TenantId {

@@ -8,10 +8,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, sleep};
 
-use super::codec::{Schema, encode, now_ms};
+use super::codec::{Schema, Stored, encode, now_ms};
+use super::early::EarlyRefresh;
 use super::generations::{Generation, Generations};
 use super::tier::{DEFAULT_LOCK_TTL, Keys, lock_token};
 use super::{RedisTier, RedisTierError};
+use crate::cache::local::Replacement;
 use crate::cache::{CachePolicy, LoadError, QueryCache};
 use crate::{DashboardQuery, Loaded, QueryContext, TenantId};
 
@@ -249,7 +251,7 @@ impl fmt::Debug for SharedCache {
 /// | key | holds |
 /// |-----|-------|
 /// | `{namespace}:gen:{tenant}` | the tenant's generation (missing = 0), `INCR`ed by [`SharedCache::invalidate_tenant`] |
-/// | `{namespace}:v2:{tenant}:{generation}:{query}:{key}:{type}:{schema}` | a value and the wall-clock time it was computed (MessagePack), expiring after the policy's [`keep_for`](CachePolicy::keep_for) |
+/// | `{namespace}:v2:{tenant}:{generation}:{query}:{key}:{type}:{schema}` | a value, the wall-clock time it was computed and how long that took (MessagePack), expiring after the policy's [`keep_for`](CachePolicy::keep_for) |
 /// | `{namespace}:lock:{tenant}:{generation}:{query}:{key}:{type}:{schema}` | the lock of the instance computing that value (`SET NX PX`) |
 ///
 /// `{type}` is the 64-bit FNV-1a hash of the value type's name, in 16 hex
@@ -271,6 +273,52 @@ impl fmt::Debug for SharedCache {
 /// themselves. With the lock wait longer than the query, a stampede costs
 /// the database one execution per key; a slower query or a lock holder
 /// that dies costs one more from each waiting instance.
+///
+/// # Early refresh
+///
+/// So that the instances do not all find a value expired at the same
+/// instant (and wait on the one recomputing it), a value is refreshed
+/// shortly before it expires, by one instance, while the others keep
+/// serving it: probabilistic early expiration, "XFetch" (Vattani,
+/// Chierichetti and Lowenstein, VLDB 2015), combined with the key's lock.
+/// Each value in Redis records how long it took to compute. Each read of
+/// a value within its time to live, from either tier, makes the random
+/// decision that [`EarlyRefresh`] describes (per query:
+/// [`early_refresh`](Self::early_refresh); beta 1 by default); the odds
+/// rise as expiry nears, faster for a value that was slow to compute.
+/// A read that decides to refresh:
+///
+/// - takes the key's lock with `SET NX`, and reads the value, in one
+///   round trip; it never waits on the lock;
+/// - with the lock, runs the query (this caller waits for it, as on a
+///   miss, under the query's timeout), stores the value in Redis and in
+///   its in-process tier, and gets `Fresh`; if the query fails, it gets
+///   the value it read, `Cached` (logged at WARN; if the value expired
+///   meanwhile, what a failed miss gets: the value, marked stale), and the
+///   lock is released for another try; if it times out, or the caller is
+///   dropped,
+///   the refresh stops and its lock lapses after the
+///   [lock TTL](RedisTier::lock_ttl) (the caller that timed out gets what
+///   a timed-out miss gets: the value, marked stale);
+/// - without it (another instance is refreshing), or with Redis
+///   unavailable, gets the value it read, `Cached`, at once;
+/// - finding in Redis a value newer than the one it read (another instance
+///   refreshed it), gets that one, `Cached`, and keeps it in its in-process
+///   tier.
+///
+/// So every read but the refreshing one is served at once, and across
+/// instances one computation per key refreshes it (a second only if the
+/// lock expires first). What it costs: near expiry, a read that decides
+/// makes one Redis round trip (the call timeout bounds it); a value is
+/// recomputed before its time to live is up, by about `delta × beta ×
+/// ln(reads in delta × beta)` for a value computed in `delta` (every read,
+/// on every instance, draws: a key read 100 times a second, computed in
+/// 300 ms, is refreshed about 1 s early at beta 1), and a value read from
+/// a build without computation times (or computed in under a millisecond)
+/// is only recomputed at expiry. Builds with and without early refresh share
+/// values under the same `v2` keys, both ways: the computation time is
+/// written after the value's MessagePack array, where a build without it
+/// does not look, and a value without it reads as computed in no time.
 ///
 /// # Examples
 ///
@@ -324,6 +372,7 @@ pub struct SharedCached<Q> {
     policy: CachePolicy,
     key: Arc<str>,
     schema: u32,
+    early: EarlyRefresh,
 }
 
 impl<Q> SharedCached<Q> {
@@ -339,6 +388,7 @@ impl<Q> SharedCached<Q> {
             policy,
             key: Arc::from(""),
             schema: 0,
+            early: EarlyRefresh::default(),
         }
     }
 
@@ -411,6 +461,56 @@ impl<Q> SharedCached<Q> {
         self
     }
 
+    /// How this query's values in Redis are refreshed ahead of their
+    /// expiry (default [`EarlyRefresh::default()`], beta 1);
+    /// [`EarlyRefresh::OFF`] recomputes a value only once it has expired.
+    /// See [Early refresh](SharedCached#early-refresh).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// use fanout::cache::{CachePolicy, EarlyRefresh, QueryCache, RedisTier, SharedCache, SharedCached};
+    /// # use fanout::{DashboardQuery, FanOut, QueryContext, Source, TenantId};
+    /// # struct Report;
+    /// # impl DashboardQuery for Report {
+    /// #     type Output = i64;
+    /// #     type Error = std::io::Error;
+    /// #     fn name(&self) -> &'static str { "report" }
+    /// #     async fn run(&self, _ctx: QueryContext) -> Result<i64, std::io::Error> {
+    /// #         tokio::time::sleep(Duration::from_millis(20)).await; // takes 20 ms to compute
+    /// #         Ok(42)
+    /// #     }
+    /// #     fn fallback(&self) -> i64 { 0 }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let namespace = format!("doc-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
+    /// let redis = RedisTier::connect(&url, &namespace).await?;
+    /// let policy = CachePolicy::ttl(Duration::from_secs(60));
+    /// let (fan_out, tenant) = (FanOut::new(), TenantId::new("t1")?);
+    /// let instance = || SharedCache::new(&QueryCache::new(100), &redis);
+    ///
+    /// let first = SharedCached::new(Report, &instance(), policy);
+    /// assert!(fan_out.run(&tenant, (&first,)).await.0.is_fresh());
+    ///
+    /// // Off: a value within its time to live is always served.
+    /// let off = SharedCached::new(Report, &instance(), policy).early_refresh(EarlyRefresh::OFF);
+    /// assert!(matches!(fan_out.run(&tenant, (&off,)).await.0.source, Source::Cached { .. }));
+    ///
+    /// // An absurd beta: a 20 ms computation is refreshed minutes ahead, on
+    /// // almost any read. This instance takes the lock and recomputes.
+    /// let eager = SharedCached::new(Report, &instance(), policy)
+    ///     .early_refresh(EarlyRefresh::new(1e9)?.seed(1));
+    /// assert!(fan_out.run(&tenant, (&eager,)).await.0.is_fresh());
+    /// # Ok(()) }
+    /// ```
+    pub fn early_refresh(mut self, early: EarlyRefresh) -> Self {
+        self.early = early;
+        self
+    }
+
     /// The wrapped query.
     ///
     /// # Examples
@@ -431,7 +531,38 @@ impl<Q> SharedCached<Q> {
             policy: self.policy,
             key: Arc::clone(&self.key),
             schema: self.schema,
+            early: self.early.clone(),
         }
+    }
+}
+
+/// A value as the in-process tier holds it for a [`SharedCached`]: with
+/// what early refresh needs to know about it.
+#[derive(Clone)]
+struct Stamped<T> {
+    value: T,
+    /// When it was computed, in wall-clock ms (on any instance).
+    computed_at_ms: u64,
+    /// How long it took to compute.
+    computed_in: Duration,
+}
+
+impl<T> From<Stored<T>> for Stamped<T> {
+    fn from(stored: Stored<T>) -> Self {
+        Self {
+            value: stored.value,
+            computed_at_ms: stored.computed_at_ms,
+            computed_in: stored.computed_in,
+        }
+    }
+}
+
+/// A value read from Redis, as a load's result.
+fn cached<T>(stored: Stored<T>) -> Loaded<Stamped<T>> {
+    let age = stored.age;
+    Loaded::Cached {
+        value: Stamped::from(stored),
+        age,
     }
 }
 
@@ -445,32 +576,43 @@ where
         &self,
         ctx: QueryContext,
         generation: Option<u64>,
-    ) -> Result<Loaded<Q::Output>, Q::Error> {
+    ) -> Result<Loaded<Stamped<Q::Output>>, Q::Error> {
         let redis = &self.cache.redis;
         let Some(generation) = generation else {
-            return self.query.run(ctx).await.map(Loaded::Fresh);
+            return self.run_timed(ctx).await.map(Loaded::Fresh);
         };
         let name = self.query.name();
-        let schema = Schema::of::<Q::Output>(self.schema);
-        let keys = redis.keys(ctx.tenant(), generation, name, &self.key, schema);
+        let keys = self.keys(ctx.tenant(), generation);
         let ttl = self.policy.time_to_live();
         match redis.get(&keys.value).await {
-            None => return self.run_and_store(ctx, &keys, None).await,
+            None => {
+                return self
+                    .run_and_store(ctx, &keys, None)
+                    .await
+                    .map(Loaded::Fresh);
+            }
             Some(Some(bytes)) => {
-                if let Some((value, age)) = redis.decode_within(&bytes, ttl, name) {
-                    return Ok(Loaded::Cached { value, age });
+                if let Some(stored) = redis.decode_within(&bytes, ttl, name) {
+                    return Ok(cached(stored));
                 }
             }
             Some(None) => {}
         }
         let token = lock_token();
-        let lock_ttl = redis
-            .lock_ttl
-            .or_else(|| ctx.remaining())
-            .unwrap_or(DEFAULT_LOCK_TTL);
+        let lock_ttl = self.lock_ttl(&ctx);
         match redis.lock(&keys, &token, lock_ttl).await {
-            Some(true) => return self.run_and_store(ctx, &keys, Some(&token)).await,
-            None => return self.run_and_store(ctx, &keys, None).await,
+            Some(true) => {
+                return self
+                    .run_and_store(ctx, &keys, Some(&token))
+                    .await
+                    .map(Loaded::Fresh);
+            }
+            None => {
+                return self
+                    .run_and_store(ctx, &keys, None)
+                    .await
+                    .map(Loaded::Fresh);
+            }
             Some(false) => {}
         }
         // Another instance is computing: wait a bounded time for its value,
@@ -490,15 +632,113 @@ where
                 break;
             };
             if let Some(bytes) = value
-                && let Some((value, age)) = redis.decode_within(&bytes, ttl, name)
+                && let Some(stored) = redis.decode_within(&bytes, ttl, name)
             {
-                return Ok(Loaded::Cached { value, age });
+                return Ok(cached(stored));
             }
             if !locked && redis.lock(&keys, &token, lock_ttl).await == Some(true) {
-                return self.run_and_store(ctx, &keys, Some(&token)).await;
+                return self
+                    .run_and_store(ctx, &keys, Some(&token))
+                    .await
+                    .map(Loaded::Fresh);
             }
         }
-        self.run_and_store(ctx, &keys, None).await
+        self.run_and_store(ctx, &keys, None)
+            .await
+            .map(Loaded::Fresh)
+    }
+
+    /// A value read from either tier that [`EarlyRefresh`] says to refresh
+    /// now: take the key's lock without waiting; with it, run the query and
+    /// store its value in both tiers; without it (another instance is
+    /// refreshing, or Redis is unavailable), serve the value read. A newer
+    /// value found in Redis (another instance refreshed it) is served and
+    /// replaces this instance's. A failed query serves the value read if it
+    /// is still within its time to live, and is an error otherwise (the
+    /// caller then gets the value marked stale, as on a failed miss).
+    async fn refresh_early(
+        &self,
+        ctx: QueryContext,
+        generation: u64,
+        replacement: Replacement,
+        read: Stamped<Q::Output>,
+        age: Duration,
+    ) -> Result<Loaded<Q::Output>, LoadError> {
+        let redis = &self.cache.redis;
+        let name = self.query.name();
+        let keys = self.keys(ctx.tenant(), generation);
+        let token = lock_token();
+        let read_at = Instant::now();
+        let as_read = |read: Stamped<Q::Output>| Loaded::Cached {
+            value: read.value,
+            age: age.saturating_add(read_at.elapsed()),
+        };
+        let Some((locked, bytes)) = redis.lock_and_get(&keys, &token, self.lock_ttl(&ctx)).await
+        else {
+            return Ok(as_read(read));
+        };
+        let newer = bytes
+            .and_then(|bytes| {
+                redis.decode_within::<Q::Output>(&bytes, self.policy.time_to_live(), name)
+            })
+            .filter(|stored| stored.computed_at_ms > read.computed_at_ms);
+        if let Some(newer) = newer {
+            if locked {
+                redis
+                    .store(&keys, None, self.policy.keep_for(), Some(&token))
+                    .await;
+            }
+            let age = newer.age;
+            let newer = Stamped::from(newer);
+            let value = newer.value.clone();
+            self.cache
+                .local
+                .replace(replacement, newer, age, self.policy)
+                .await;
+            return Ok(Loaded::Cached { value, age });
+        }
+        if !locked {
+            return Ok(as_read(read));
+        }
+        let tenant = ctx.tenant().clone();
+        match self.run_and_store(ctx, &keys, Some(&token)).await {
+            Ok(fresh) => {
+                let value = fresh.value.clone();
+                self.cache
+                    .local
+                    .replace(replacement, fresh, Duration::ZERO, self.policy)
+                    .await;
+                Ok(Loaded::Fresh(value))
+            }
+            Err(error) => {
+                let served = as_read(read);
+                if matches!(served, Loaded::Cached { age, .. } if age < self.policy.time_to_live())
+                {
+                    tracing::warn!(
+                        %tenant,
+                        query = name,
+                        %error,
+                        "early refresh failed; serving the cached value, still within its time to live"
+                    );
+                    Ok(served)
+                } else {
+                    // Expired meanwhile: a failure, logged where the caller's
+                    // fallback is chosen.
+                    Err(LoadError::Query(Arc::new(error)))
+                }
+            }
+        }
+    }
+
+    /// The query's value, and how long it took.
+    async fn run_timed(&self, ctx: QueryContext) -> Result<Stamped<Q::Output>, Q::Error> {
+        let started = Instant::now();
+        let value = self.query.run(ctx).await?;
+        Ok(Stamped {
+            value,
+            computed_at_ms: now_ms(),
+            computed_in: started.elapsed(),
+        })
     }
 
     /// Runs the query and stores its value in Redis, releasing the lock if
@@ -508,23 +748,46 @@ where
         ctx: QueryContext,
         keys: &Keys,
         token: Option<&str>,
-    ) -> Result<Loaded<Q::Output>, Q::Error> {
-        let result = self.query.run(ctx).await;
+    ) -> Result<Stamped<Q::Output>, Q::Error> {
+        let result = self.run_timed(ctx).await;
         let bytes = match &result {
-            Ok(value) => match encode(value, now_ms()) {
-                Ok(bytes) => Some(bytes),
-                Err(error) => {
-                    tracing::debug!(query = self.query.name(), %error, "cannot encode a value for the shared cache");
-                    None
+            Ok(fresh) => {
+                let computed_in_ms =
+                    u64::try_from(fresh.computed_in.as_millis()).unwrap_or(u64::MAX);
+                match encode(&fresh.value, fresh.computed_at_ms, computed_in_ms) {
+                    Ok(bytes) => Some(bytes),
+                    Err(error) => {
+                        tracing::debug!(query = self.query.name(), %error, "cannot encode a value for the shared cache");
+                        None
+                    }
                 }
-            },
+            }
             Err(_) => None,
         };
         self.cache
             .redis
             .store(keys, bytes, self.policy.keep_for(), token)
             .await;
-        result.map(Loaded::Fresh)
+        result
+    }
+}
+
+impl<Q: DashboardQuery> SharedCached<Q> {
+    /// The value's and the lock's keys in Redis.
+    fn keys(&self, tenant: &TenantId, generation: u64) -> Keys {
+        let schema = Schema::of::<Q::Output>(self.schema);
+        self.cache
+            .redis
+            .keys(tenant, generation, self.query.name(), &self.key, schema)
+    }
+
+    /// How long a lock taken for this call may be held.
+    fn lock_ttl(&self, ctx: &QueryContext) -> Duration {
+        self.cache
+            .redis
+            .lock_ttl
+            .or_else(|| ctx.remaining())
+            .unwrap_or(DEFAULT_LOCK_TTL)
     }
 }
 
@@ -553,43 +816,65 @@ where
     }
 
     async fn load(&self, ctx: QueryContext) -> Result<Loaded<Q::Output>, LoadError> {
+        let name = self.query.name();
         let generation = self.cache.generation(ctx.tenant()).await;
         let local_key = generation.local_key(&self.key);
         let known = generation.known();
+        let replacement = self.cache.local.replacement(ctx.tenant(), name, &local_key);
+        let refresh_ctx = ctx.clone();
         let this = self.handle();
-        self.cache
+        let loaded = self
+            .cache
             .local
             .load_with(
-                self.query.name(),
+                name,
                 &local_key,
                 self.policy,
                 self.query.timeout(),
                 ctx,
                 |ctx| async move { this.compute(ctx, known).await },
             )
-            .await
+            .await?;
+        match (loaded, known) {
+            (Loaded::Fresh(fresh), _) => Ok(Loaded::Fresh(fresh.value)),
+            (Loaded::Cached { value, age }, Some(generation))
+                if self
+                    .early
+                    .is_due(age, value.computed_in, self.policy.time_to_live()) =>
+            {
+                self.refresh_early(refresh_ctx, generation, replacement, value, age)
+                    .await
+            }
+            (Loaded::Cached { value, age }, _) => Ok(Loaded::Cached {
+                value: value.value,
+                age,
+            }),
+            // Already being reloaded in the background (refresh-ahead).
+            (Loaded::Refreshing { value, age }, _) => Ok(Loaded::Refreshing {
+                value: value.value,
+                age,
+            }),
+        }
     }
 
     async fn stale(&self, tenant: &TenantId) -> Option<(Q::Output, Duration)> {
         let name = self.query.name();
         let generation = self.cache.generation(tenant).await;
         let local_key = generation.local_key(&self.key);
-        let local = self
-            .cache
-            .local
-            .stale(tenant, name, &local_key, self.policy);
-        if let Some(found) = local.await {
-            return Some(found);
+        let local =
+            self.cache
+                .local
+                .stale::<Stamped<Q::Output>>(tenant, name, &local_key, self.policy);
+        if let Some((stamped, age)) = local.await {
+            return Some((stamped.value, age));
         }
         let generation = generation.known()?;
-        let schema = Schema::of::<Q::Output>(self.schema);
-        let keys = self
-            .cache
-            .redis
-            .keys(tenant, generation, name, &self.key, schema);
+        let keys = self.keys(tenant, generation);
         let bytes = self.cache.redis.get(&keys.value).await??;
-        self.cache
-            .redis
-            .decode_within(&bytes, self.policy.keep_for(), name)
+        let stored =
+            self.cache
+                .redis
+                .decode_within::<Q::Output>(&bytes, self.policy.keep_for(), name)?;
+        Some((stored.value, stored.age))
     }
 }

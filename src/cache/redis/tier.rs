@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::timeout;
 
 use super::RedisTierError;
-use super::codec::{Schema, decode_within, now_ms};
+use super::codec::{Schema, Stored, decode_within, now_ms};
 use super::decode_failures::DecodeFailures;
 use super::health::Health;
 use crate::TenantId;
@@ -368,15 +368,15 @@ impl RedisTier {
         }
     }
 
-    /// A value read from Redis, younger than `limit`, and its age; `None`
-    /// for one older, or one that does not decode as a `T` (counted and
-    /// logged: see [`decode_failures`](Self::decode_failures)).
+    /// A value read from Redis, younger than `limit`; `None` for one
+    /// older, or one that does not decode as a `T` (counted and logged: see
+    /// [`decode_failures`](Self::decode_failures)).
     pub(super) fn decode_within<T: DeserializeOwned>(
         &self,
         bytes: &[u8],
         limit: Duration,
         query: &'static str,
-    ) -> Option<(T, Duration)> {
+    ) -> Option<Stored<T>> {
         match decode_within(bytes, limit) {
             Ok(found) => found,
             Err(error) => {
@@ -451,6 +451,34 @@ impl RedisTier {
         })
         .await
         .map(|reply| reply.is_some())
+    }
+
+    /// Tries to take the lock (`SET NX PX`) and reads the value, in one
+    /// round trip (in that order): whether this call took the lock, and
+    /// the value, if any.
+    pub(super) async fn lock_and_get(
+        &self,
+        keys: &Keys,
+        token: &str,
+        ttl: Duration,
+    ) -> Option<(bool, Option<Vec<u8>>)> {
+        let mut commands = pipe();
+        commands
+            .cmd("SET")
+            .arg(&keys.lock)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(px(ttl))
+            .cmd("GET")
+            .arg(&keys.value);
+        self.call("SET NX", |mut connection| async move {
+            commands
+                .query_async::<(Option<String>, Option<Vec<u8>>)>(&mut connection)
+                .await
+        })
+        .await
+        .map(|(locked, value)| (locked.is_some(), value))
     }
 
     /// The value, if any, and whether the lock is held.
