@@ -173,9 +173,25 @@ async fn cancel(pool: &PgPool, pid: i32) {
     let cancelled = async {
         let mut conn = PgConnection::connect_with(&options).boxed().await?;
         simple(&mut conn, &format!("SELECT pg_cancel_backend({pid})")).await?;
-        conn.close().boxed().await
+        // The cancel is served: closing that connection gracefully is not
+        // waited for, so nothing but the statement holds this task (and
+        // the pooled connection it owns) from here on.
+        tokio::spawn(async move {
+            let _ = conn.close().boxed().await;
+        });
+        Ok::<(), Error>(())
     };
-    if let Err(error) = cancelled.await {
-        tracing::warn!(%error, "could not cancel an abandoned statement: it runs until its statement_timeout");
+    match tokio::time::timeout(CANCEL_WITHIN, cancelled).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "could not cancel an abandoned statement: it runs until its statement_timeout");
+        }
+        Err(_) => tracing::warn!(
+            "no cancel connection within {CANCEL_WITHIN:?}: the abandoned statement runs until its statement_timeout"
+        ),
     }
 }
+
+/// How long a cancel (a new connection and `pg_cancel_backend`) may take
+/// before the helper gives up on it and lets the statement run out.
+const CANCEL_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
