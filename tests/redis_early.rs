@@ -422,3 +422,80 @@ async fn a_failed_early_refresh_serves_the_cached_value_and_frees_the_lock() {
     db.fail.store(false, Ordering::SeqCst);
     assert!(matches!(eager_read(&redis, &db).await, Source::Fresh));
 }
+
+/// A query that counts its runs and takes 200 ms.
+#[derive(Clone)]
+struct Counted200 {
+    runs: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DashboardQuery for Counted200 {
+    type Output = u64;
+    type Error = std::io::Error;
+
+    fn name(&self) -> &'static str {
+        "slow_refreshed"
+    }
+
+    async fn run(&self, _ctx: QueryContext) -> Result<u64, std::io::Error> {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+        sleep(Duration::from_millis(200)).await;
+        Ok(n as u64)
+    }
+
+    fn fallback(&self) -> u64 {
+        0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_ahead_through_redis_recomputes_before_the_ttl_and_nobody_waits() {
+    // Refresh-ahead in front of the shared tier: a reload must not take
+    // Redis's copy of the very value it is replacing; it recomputes (under
+    // the key's lock), so no read after the first ever waits for the query.
+    let redis = RedisTier::connect(&redis_url(), &namespace("refresh-ahead"))
+        .await
+        .unwrap();
+    let cache = SharedCache::new(&QueryCache::new(100), &redis);
+    let query = Counted200 {
+        runs: Arc::default(),
+    };
+    let policy = CachePolicy::ttl(Duration::from_secs(2)).refresh_after(Duration::from_millis(500));
+    let shared = SharedCached::new(query.clone(), &cache, policy);
+    let (fan_out, tenant) = (FanOut::new(), TenantId::new("tenant-r").unwrap());
+    let started = Instant::now();
+    let mut waits = Vec::new();
+    let mut refreshing = 0;
+    let mut first = true;
+    while started.elapsed() < Duration::from_secs(7) {
+        let begun = Instant::now();
+        let (outcome,) = fan_out.run(&tenant, (&shared,)).await;
+        if !first && begun.elapsed() >= Duration::from_millis(150) {
+            waits.push((
+                started.elapsed(),
+                begun.elapsed(),
+                outcome.source.to_string(),
+            ));
+        }
+        first = false;
+        match outcome.source {
+            Source::Refreshing { age } => {
+                refreshing += 1;
+                assert!(age < Duration::from_secs(2), "{age:?}");
+            }
+            Source::Cached { age } => assert!(age < Duration::from_secs(2), "{age:?}"),
+            Source::Fresh => {}
+            other => panic!("{other:?}"),
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        waits.is_empty(),
+        "reads that waited for the query: {waits:?}"
+    );
+    assert!(refreshing > 0);
+    // TTL alone would run it once per 2 s (4 times in 7 s); a reload every
+    // ~0.7 s (due at 0.5 s, 0.2 s to run) gives about ten.
+    let runs = query.runs.load(Ordering::SeqCst);
+    assert!((6..=14).contains(&runs), "{runs} runs in 7 s");
+}

@@ -219,7 +219,7 @@ impl QueryCache {
             policy,
             timeout,
             ctx,
-            move |ctx| async move { query.run(ctx).await.map(Loaded::Fresh) },
+            move |ctx, _| async move { query.run(ctx).await.map(Loaded::Fresh) },
         )
         .await
     }
@@ -251,7 +251,7 @@ impl QueryCache {
     where
         T: Clone + Send + Sync + 'static,
         E: std::error::Error + Send + Sync + 'static,
-        F: FnOnce(QueryContext) -> Fut,
+        F: FnOnce(QueryContext, Option<Duration>) -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
         let key = self.key(ctx.tenant(), query, key);
@@ -276,10 +276,10 @@ impl QueryCache {
                     let (ctx, compute) = start.take().expect("a caller starts at most one load");
                     let inner = Arc::clone(&self.inner);
                     let key = key.clone();
-                    let work = compute(ctx);
+                    let work = compute(ctx, None);
                     async move {
                         inner
-                            .fetch::<T, E, _>(key, ttl, policy, fresh_until, work)
+                            .fetch::<T, E, _>(key, ttl, false, policy, fresh_until, work)
                             .await
                     }
                 });
@@ -329,7 +329,7 @@ impl QueryCache {
     where
         T: Clone + Send + Sync + 'static,
         E: std::error::Error + Send + Sync + 'static,
-        F: FnOnce(QueryContext) -> Fut,
+        F: FnOnce(QueryContext, Option<Duration>) -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
         let now = Instant::now();
@@ -352,22 +352,33 @@ impl QueryCache {
             .inner
             .loads
             .join_or_start(&key, deadline, max_age, |fresh_until| {
-                let work = compute(QueryContext::new(tenant.clone(), deadline));
+                let ctx = QueryContext::new(tenant.clone(), deadline);
+                let work = compute(ctx, Some(fresh_for));
                 let inner = Arc::clone(&self.inner);
                 let key = key.clone();
+                let retry_at = Arc::clone(&retry_at);
                 async move {
-                    inner
-                        .fetch::<T, E, _>(key, fresh_for, policy, fresh_until, work)
-                        .await
+                    let fetched = inner
+                        .fetch::<T, E, _>(key, fresh_for, true, policy, fresh_until, work)
+                        .await;
+                    // Noted inside the load, before it leaves the table: no
+                    // caller can start another reload in between.
+                    if fetched.is_err() {
+                        *retry_at.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Instant::now().checked_add(REFRESH_RETRY);
+                    }
+                    fetched
                 }
             });
         if joined.started_here {
             let load = joined.load;
             runtime.spawn(async move {
                 if let Err(error) = load.await {
-                    tracing::warn!(%error, "background cache reload failed; serving the old value until its TTL");
-                    *retry_at.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Instant::now().checked_add(REFRESH_RETRY);
+                    if matches!(&error, LoadError::Query(e) if e.is::<NotNewer>()) {
+                        tracing::debug!("another instance is reloading this value; looking again in a second");
+                    } else {
+                        tracing::warn!(%error, "background cache reload failed; serving the old value until its TTL");
+                    }
                 }
             });
         }
@@ -396,6 +407,7 @@ impl Inner {
         &self,
         key: Key,
         fresh_for: Duration,
+        refreshing: bool,
         policy: CachePolicy,
         fresh_until: Option<Instant>,
         work: W,
@@ -420,6 +432,12 @@ impl Inner {
             }
             Err(error) => return Err(LoadError::Query(Arc::new(error))),
         };
+        if refreshing && !computed && age >= fresh_for {
+            // A refresh-ahead reload that found, in a tier behind this
+            // one, only a value as old as the one it was to replace: no
+            // refresh, and nothing to store.
+            return Err(LoadError::Query(Arc::new(NotNewer)));
+        }
         let now = Instant::now();
         let entry = Entry {
             value: Arc::new(value),
@@ -445,6 +463,12 @@ impl Inner {
         self.generations.current(tenant)
     }
 }
+
+/// A refresh-ahead reload found, in a tier behind this one, only a value
+/// no younger than the one it was to replace.
+#[derive(Debug, thiserror::Error)]
+#[error("no newer value yet")]
+struct NotNewer;
 
 /// A load joined under this query's name gave a value of another type: two
 /// queries of different types share a name (and key), which the docs of

@@ -151,8 +151,11 @@ impl CachePolicy {
     /// The cost: the query runs outside any request, so it lives in an
     /// `Arc` (which [`Cached`] requires anyway) and takes a connection from
     /// the pool on its own, without a fan-out's limiter or deadline. With
-    /// [`SharedCached`], a reload looks in Redis first, and a value there
-    /// is taken as it is.
+    /// [`SharedCached`], a reload takes the value in Redis only if another
+    /// instance reloaded it (it is younger than `after`); otherwise it
+    /// recomputes under the key's lock, or, when another instance holds
+    /// the lock, looks again a second later. XFetch's early recomputation
+    /// does not apply to a value being refreshed this way.
     ///
     /// An `after` of `ttl` or more never refreshes.
     ///

@@ -228,6 +228,7 @@ impl fmt::Debug for SharedCache {
 /// | found… | source |
 /// |--------|--------|
 /// | in this instance, younger than `ttl` | `Cached { age }` |
+/// | in this instance, past its [`refresh_after`](CachePolicy::refresh_after) point | `Refreshing { age }`: served at once, reloaded in the background |
 /// | in Redis, younger than `ttl` | `Cached { age }` (age from when it was computed, on any instance) |
 /// | nowhere, or Redis unavailable: the query ran | `Fresh`; the value is stored in both tiers |
 /// | the query failed: the last value within `ttl + stale_if_error`, here or in Redis | `Stale { age, cause }` |
@@ -572,10 +573,18 @@ where
     Q::Output: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Past the in-process tier: Redis, the lock, or the query.
+    ///
+    /// For a refresh-ahead reload (`newer_than`: the refresh point), a value
+    /// in Redis counts only if it is younger than that (another instance
+    /// reloaded it); otherwise this instance takes the key's lock without
+    /// waiting and recomputes, or, when another instance holds the lock,
+    /// gives the old value back (the in-process tier keeps its own and
+    /// looks again a second later).
     async fn compute(
         &self,
         ctx: QueryContext,
         generation: Option<u64>,
+        newer_than: Option<Duration>,
     ) -> Result<Loaded<Stamped<Q::Output>>, Q::Error> {
         let redis = &self.cache.redis;
         let Some(generation) = generation else {
@@ -593,7 +602,23 @@ where
             }
             Some(Some(bytes)) => {
                 if let Some(stored) = redis.decode_within(&bytes, ttl, name) {
-                    return Ok(cached(stored));
+                    let Some(fresh_for) = newer_than.filter(|&f| stored.age >= f) else {
+                        return Ok(cached(stored));
+                    };
+                    let _ = fresh_for;
+                    let token = lock_token();
+                    let lock_ttl = self.lock_ttl(&ctx);
+                    return match redis.lock(&keys, &token, lock_ttl).await {
+                        Some(true) => self
+                            .run_and_store(ctx, &keys, Some(&token))
+                            .await
+                            .map(Loaded::Fresh),
+                        None => self
+                            .run_and_store(ctx, &keys, None)
+                            .await
+                            .map(Loaded::Fresh),
+                        Some(false) => Ok(cached(stored)),
+                    };
                 }
             }
             Some(None) => {}
@@ -832,7 +857,7 @@ where
                 self.policy,
                 self.query.timeout(),
                 ctx,
-                |ctx| async move { this.compute(ctx, known).await },
+                |ctx, newer_than| async move { this.compute(ctx, known, newer_than).await },
             )
             .await?;
         match (loaded, known) {
