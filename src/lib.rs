@@ -195,6 +195,8 @@ mod settled;
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub mod sqlx;
+#[cfg(any(feature = "postgres", feature = "sqlx"))]
+mod statement_timeout;
 mod tenant;
 
 pub use fair::FairLimiter;

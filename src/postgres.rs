@@ -133,7 +133,7 @@ use crate::QueryContext;
 /// // A query with 2 s left runs under `SET LOCAL statement_timeout = 2025`.
 /// assert_eq!(fanout::postgres::SERVER_GRACE, Duration::from_millis(25));
 /// ```
-pub const SERVER_GRACE: Duration = Duration::from_millis(25);
+pub const SERVER_GRACE: Duration = crate::statement_timeout::GRACE;
 
 /// Runs `statement` with `params`, stopped by the server at `ctx`'s
 /// deadline (plus [`SERVER_GRACE`]) and cancelled on the server if the
@@ -376,7 +376,7 @@ where
     };
     let begin = format!(
         "BEGIN; SET LOCAL statement_timeout = {}",
-        statement_timeout_ms(remaining)
+        crate::statement_timeout::statement_timeout_ms(remaining)
     );
     // Disarmed as soon as the statement itself is done: a cancel sent while
     // only `COMMIT` is outstanding could roll back a write that succeeded.
@@ -546,26 +546,4 @@ fn queue_rollback(client: &Client, cx: &mut Context<'_>) {
     // Pending, its answer not yet in; or an error when the connection is
     // closed, and there is then no transaction to close.
     let _ = rollback.poll(cx);
-}
-
-/// `remaining` plus the grace in whole milliseconds, rounded up, at least 1 (PostgreSQL reads 0 as "no
-/// timeout", the opposite of a deadline that has passed) and at most the
-/// setting's maximum, `i32::MAX` ms (about 24 days).
-fn statement_timeout_ms(remaining: Duration) -> u128 {
-    let limit = remaining.saturating_add(SERVER_GRACE);
-    limit.as_micros().div_ceil(1000).clamp(1, i32::MAX as u128)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn adds_the_grace_rounds_up_and_stays_in_range() {
-        assert_eq!(statement_timeout_ms(Duration::ZERO), 25);
-        assert_eq!(statement_timeout_ms(Duration::from_micros(1)), 26);
-        assert_eq!(statement_timeout_ms(Duration::from_micros(1_001)), 27);
-        assert_eq!(statement_timeout_ms(Duration::from_secs(2)), 2_025);
-        assert_eq!(statement_timeout_ms(Duration::MAX), 2_147_483_647);
-    }
 }

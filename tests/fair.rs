@@ -254,6 +254,18 @@ async fn a_capped_tenant_leaves_permits_free() {
     assert_eq!(starts, [0, 0, 0, 100, 100, 100].map(ms));
 }
 
+/// A fan-out of its own holding one of `limiter`'s permits for `hold`,
+/// started before this returns.
+async fn hog(limiter: &FairLimiter, hold: Duration) -> tokio::task::JoinHandle<()> {
+    let busy = FanOut::new().fair_limiter(limiter.clone());
+    let hog = tokio::spawn(async move {
+        let settled = busy.settle([sleep(hold).map(Ok::<(), ()>)]).await;
+        assert_eq!(settled, [Settled::Ok(())]);
+    });
+    tokio::task::yield_now().await;
+    hog
+}
+
 /// Teaches `limiter` that a query holds a permit for `hold`.
 async fn warm(limiter: &FairLimiter, hold: Duration) {
     let fan_out = FanOut::new().fair_limiter(limiter.clone());
@@ -270,15 +282,7 @@ async fn a_query_that_could_not_finish_in_time_is_shed_at_once() {
     let rig = Rig::new();
     let limiter = FairLimiter::new(1);
     warm(&limiter, ms(100)).await;
-    let busy = FanOut::new().fair_limiter(limiter.clone());
-    let hog = tokio::spawn(async move {
-        busy.settle([async {
-            sleep(ms(1_000)).await;
-            Ok::<_, ()>(())
-        }])
-        .await
-    });
-    tokio::task::yield_now().await;
+    let hog = hog(&limiter, ms(1_000)).await;
     // Due in 500 ms; queries take 100 ms: it must start by 400 ms, and the
     // only permit is busy until 1 s. It waits until 400 ms, then degrades.
     let fan_out = FanOut::new()
@@ -309,15 +313,7 @@ async fn without_a_measured_hold_a_waiter_leaves_at_the_deadline() {
     // Nothing has run yet, so nothing says how long a query takes: the
     // query waits until the deadline itself and is cut there.
     let limiter = FairLimiter::new(1);
-    let busy = FanOut::new().fair_limiter(limiter.clone());
-    let hog = tokio::spawn(async move {
-        busy.settle([async {
-            sleep(ms(1_000)).await;
-            Ok::<_, ()>(())
-        }])
-        .await
-    });
-    tokio::task::yield_now().await;
+    let hog = hog(&limiter, ms(1_000)).await;
     let fan_out = FanOut::new()
         .deadline(ms(500))
         .fair_limiter(limiter.clone());
@@ -588,15 +584,7 @@ async fn a_shed_widget_shows_its_stale_value_and_logs_at_debug() {
     let limiter = FairLimiter::new(1);
     warm(&limiter, ms(100)).await;
     let rig = Rig::new();
-    let busy = FanOut::new().fair_limiter(limiter.clone());
-    let hog = tokio::spawn(async move {
-        busy.settle([async {
-            sleep(ms(1_000)).await;
-            Ok::<_, ()>(())
-        }])
-        .await
-    });
-    tokio::task::yield_now().await;
+    let hog = hog(&limiter, ms(1_000)).await;
     let fan_out = FanOut::new()
         .deadline(ms(300))
         .fair_limiter(limiter.clone());
@@ -654,14 +642,7 @@ async fn a_queue_that_just_formed_is_not_standing() {
     let fan_out = FanOut::new()
         .deadline(ms(5_000))
         .fair_limiter(limiter.clone());
-    let busy = fan_out.clone();
-    let hog = tokio::spawn(async move {
-        busy.settle([async {
-            sleep(ms(1_000)).await;
-            Ok::<_, ()>(())
-        }])
-        .await
-    });
+    let hog = hog(&limiter, ms(1_000)).await;
     sleep(ms(300)).await;
     let first = fan_out.clone();
     let a = tokio::spawn(async move { first.settle([async { Ok::<_, ()>(()) }]).await });
@@ -707,15 +688,7 @@ async fn only_queries_that_answered_teach_the_limiter_how_long_queries_take() {
             .await;
         assert_eq!(settled, [Settled::TimedOut]);
     }
-    let busy = FanOut::new().fair_limiter(limiter.clone());
-    let hog = tokio::spawn(async move {
-        busy.settle([async {
-            sleep(ms(1_000)).await;
-            Ok::<_, ()>(())
-        }])
-        .await
-    });
-    tokio::task::yield_now().await;
+    let hog = hog(&limiter, ms(1_000)).await;
     let begun = Instant::now();
     let hurried = FanOut::new()
         .deadline(ms(500))

@@ -65,6 +65,17 @@ struct Entry {
 }
 
 impl Entry {
+    /// `value`, computed `age` ago, kept as `policy` says.
+    fn new<T: Send + Sync + 'static>(value: T, age: Duration, policy: CachePolicy) -> Self {
+        let now = Instant::now();
+        Self {
+            value: Arc::new(value),
+            stored_at: now.checked_sub(age).unwrap_or(now),
+            keep_for: policy.keep_for().saturating_sub(age),
+            retry_at: Arc::default(),
+        }
+    }
+
     fn age(&self) -> Duration {
         self.stored_at.elapsed()
     }
@@ -438,25 +449,24 @@ impl Inner {
             // refresh, and nothing to store.
             return Err(LoadError::Query(Arc::new(NotNewer)));
         }
-        let now = Instant::now();
-        let entry = Entry {
-            value: Arc::new(value),
-            stored_at: now.checked_sub(age).unwrap_or(now),
-            keep_for: policy.keep_for().saturating_sub(age),
-            retry_at: Arc::default(),
-        };
-        // A tenant invalidated while this load ran keeps none of it. A load
-        // that ran longer than a generation record lives may have outlived
-        // the record of an invalidation: it keeps none of it either.
-        let fresh_enough = fresh_until.is_none_or(|until| Instant::now() < until);
-        if fresh_enough && self.generation_of(&key.tenant) == key.generation {
-            self.generations.stored(entry.keep_for);
-            self.entries.insert(key, entry.clone()).await;
-        }
+        let entry = Entry::new(value, age, policy);
+        self.store_if_current(key, entry.clone(), fresh_until).await;
         Ok(Fetched {
             value: entry,
             computed,
         })
+    }
+
+    /// Stores `entry` under `key` unless the tenant was invalidated since
+    /// the key was made. A load that ran past `fresh_until` (longer than a
+    /// generation record lives) may have outlived the record of an
+    /// invalidation: it stores nothing either.
+    async fn store_if_current(&self, key: Key, entry: Entry, fresh_until: Option<Instant>) {
+        let fresh_enough = fresh_until.is_none_or(|until| Instant::now() < until);
+        if fresh_enough && self.generation_of(&key.tenant) == key.generation {
+            self.generations.stored(entry.keep_for);
+            self.entries.insert(key, entry).await;
+        }
     }
 
     fn generation_of(&self, tenant: &TenantId) -> u64 {
@@ -519,18 +529,8 @@ impl QueryCache {
         age: Duration,
         policy: CachePolicy,
     ) {
-        let now = Instant::now();
-        let entry = Entry {
-            value: Arc::new(value),
-            stored_at: now.checked_sub(age).unwrap_or(now),
-            keep_for: policy.keep_for().saturating_sub(age),
-            retry_at: Arc::default(),
-        };
+        let entry = Entry::new(value, age, policy);
         let Replacement { key, fresh_until } = replacement;
-        let fresh_enough = fresh_until.is_none_or(|until| now < until);
-        if fresh_enough && self.inner.generation_of(&key.tenant) == key.generation {
-            self.inner.generations.stored(entry.keep_for);
-            self.inner.entries.insert(key, entry).await;
-        }
+        self.inner.store_if_current(key, entry, fresh_until).await;
     }
 }

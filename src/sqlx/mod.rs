@@ -102,8 +102,8 @@ use crate::QueryContext;
 /// (or `DeadlineExceeded`) rather than a database error; the fan-out then
 /// drops the query, which cancels the statement. The grace covers a timer
 /// firing a little late and the trip to the server. (The same value as
-/// `fanout::postgres::SERVER_GRACE`, kept here so that this feature does
-/// not need tokio-postgres.)
+/// `fanout::postgres::SERVER_GRACE`: both come from one private module, so
+/// this feature does not need tokio-postgres.)
 ///
 /// # Examples
 ///
@@ -112,7 +112,7 @@ use crate::QueryContext;
 /// // A query with 2 s left runs under `SET LOCAL statement_timeout = 2025`.
 /// assert_eq!(fanout::sqlx::SERVER_GRACE, Duration::from_millis(25));
 /// ```
-pub const SERVER_GRACE: Duration = Duration::from_millis(25);
+pub const SERVER_GRACE: Duration = crate::statement_timeout::GRACE;
 
 /// Runs `query` on a connection from `pool`, stopped by the server at
 /// `ctx`'s deadline (plus [`SERVER_GRACE`]) and cancelled on the server if
@@ -287,27 +287,8 @@ where
         sql: query.sql().to_owned(),
         arguments,
         persistent: query.persistent(),
-        timeout_ms: ctx.remaining().map(statement_timeout_ms),
+        timeout_ms: ctx
+            .remaining()
+            .map(crate::statement_timeout::statement_timeout_ms),
     })
-}
-
-/// `remaining` plus the grace in whole milliseconds, rounded up, at least 1
-/// (PostgreSQL reads 0 as "no timeout", the opposite of a deadline that has
-/// passed) and at most the setting's maximum, `i32::MAX` ms (about 24
-/// days).
-fn statement_timeout_ms(remaining: Duration) -> u128 {
-    let limit = remaining.saturating_add(SERVER_GRACE);
-    limit.as_micros().div_ceil(1000).clamp(1, i32::MAX as u128)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn adds_the_grace_rounds_up_and_stays_in_range() {
-        assert_eq!(statement_timeout_ms(Duration::ZERO), 25);
-        assert_eq!(statement_timeout_ms(Duration::from_micros(1_001)), 27);
-        assert_eq!(statement_timeout_ms(Duration::MAX), 2_147_483_647);
-    }
 }
