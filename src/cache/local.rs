@@ -500,11 +500,13 @@ impl fmt::Debug for QueryCache {
 /// shared tier, [`SharedCached`](super::SharedCached)), to replace the one
 /// stored for a key: the key and freshness limit as of when the caller
 /// read the old value, so a tenant invalidated since keeps none of it.
+#[cfg(feature = "redis")]
 pub(super) struct Replacement {
     key: Key,
     fresh_until: Option<Instant>,
 }
 
+#[cfg(feature = "redis")]
 impl QueryCache {
     /// The key `replace` will store under, taken now.
     pub(super) fn replacement(
