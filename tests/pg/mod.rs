@@ -57,3 +57,56 @@ pub fn database_url() -> String {
         )
     })
 }
+
+/// Backends of `application` whose state is `state` (a `LIKE` pattern)
+/// and whose statement contains `text`.
+#[allow(dead_code)] // for tests/postgres and tests/sqlx; tests/server.rs does not use it
+pub async fn backends(
+    monitor: &tokio_postgres::Client,
+    application: &str,
+    state: &str,
+    text: &str,
+) -> i64 {
+    monitor
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = $1 AND state LIKE $2 AND strpos(query, $3) > 0",
+            &[&application, &state, &text],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// How long after `since` the last statement of `application` containing
+/// `text` left the server, polling every 5 ms for up to `limit`; `None`
+/// if one is still there after `limit`.
+#[allow(dead_code)] // for tests/postgres and tests/sqlx; tests/server.rs does not use it
+pub async fn drained(
+    monitor: &tokio_postgres::Client,
+    application: &str,
+    text: &str,
+    since: std::time::Instant,
+    limit: std::time::Duration,
+) -> Option<std::time::Duration> {
+    loop {
+        if backends(monitor, application, "active", text).await == 0 {
+            return Some(since.elapsed());
+        }
+        if since.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Held by the tests that assert wall-clock bounds (hang-ups, the locked
+/// table, the restart) so that they do not compete with one another for a
+/// 2-core CI machine: each cancel request costs the server a fork (about
+/// 4 ms on PostgreSQL 15, one after another), and CPU contention stretches
+/// that.
+#[allow(dead_code)] // for tests/postgres and tests/sqlx; tests/server.rs does not use it
+pub async fn wall_clock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}

@@ -28,13 +28,19 @@ mod restart;
 mod timeouts;
 mod views;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use fanout::TenantId;
 use tokio_postgres::{Client, Config};
 
-pub use pg::{TENANTS, database_url, seeded, seeded_at};
+pub use pg::{TENANTS, database_url, drained, seeded, seeded_at, wall_clock};
+
+/// Statements of `application` the server is running (or waiting on a
+/// lock for) whose text contains `text`.
+pub async fn active(monitor: &Client, application: &str, text: &str) -> i64 {
+    pg::backends(monitor, application, "active", text).await
+}
 
 pub async fn connect(config: &Config) -> Client {
     db::connect(config).await.unwrap_or_else(|e| panic!("{e}"))
@@ -104,49 +110,4 @@ pub async fn dashboard_values(
         recent_payments: e.value,
         arrears: f.value,
     }
-}
-
-/// Statements of `application` the server is running (or waiting on a
-/// lock for) whose text contains `text`.
-pub async fn active(monitor: &Client, application: &str, text: &str) -> i64 {
-    monitor
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE application_name = $1 AND state = 'active' AND strpos(query, $2) > 0",
-            &[&application, &text],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// How long after `since` the last statement of `application` containing
-/// `text` left the server, polling every 5 ms for up to `limit`; `None`
-/// if one is still there after `limit`.
-pub async fn drained(
-    monitor: &Client,
-    application: &str,
-    text: &str,
-    since: Instant,
-    limit: Duration,
-) -> Option<Duration> {
-    loop {
-        if active(monitor, application, text).await == 0 {
-            return Some(since.elapsed());
-        }
-        if since.elapsed() > limit {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Held by the tests that assert wall-clock bounds (hang-ups, the locked
-/// table, the restart) so that they do not compete with one another for a
-/// 2-core CI machine: each cancel request costs the server a fork (about
-/// 4 ms on PostgreSQL 15, one after another), and CPU contention stretches
-/// that.
-pub async fn wall_clock() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
 }

@@ -22,13 +22,15 @@ mod widgets;
 #[path = "../pg/mod.rs"]
 mod pg;
 
+pub use pg::{backends, drained, wall_clock};
+
 mod accuracy;
 mod clean;
 mod control;
 mod deadline;
 mod drop_points;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fanout::TenantId;
 use sqlx::{PgPool, Row};
@@ -51,40 +53,6 @@ pub async fn monitor(application: &str) -> Client {
 
 pub fn tenant(n: u32) -> TenantId {
     TenantId::new(seed::tenant_id(n)).unwrap()
-}
-
-/// Backends of `application` whose state is `state` (a `LIKE` pattern)
-/// and whose statement contains `text`.
-pub async fn backends(monitor: &Client, application: &str, state: &str, text: &str) -> i64 {
-    monitor
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE application_name = $1 AND state LIKE $2 AND strpos(query, $3) > 0",
-            &[&application, &state, &text],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// How long after `since` no statement of `application` containing `text`
-/// is active any more, polling every 5 ms for up to `limit`.
-pub async fn drained(
-    monitor: &Client,
-    application: &str,
-    text: &str,
-    since: Instant,
-    limit: Duration,
-) -> Option<Duration> {
-    loop {
-        if backends(monitor, application, "active", text).await == 0 {
-            return Some(since.elapsed());
-        }
-        if since.elapsed() > limit {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Checks out every connection of `pool` (`size` of them) at once and
@@ -148,12 +116,6 @@ pub async fn assert_pool_clean(
             "after {after}: a pooled connection was busy on the server: {busy:?}"
         );
     }
-}
-
-/// Serialises the tests that assert wall-clock bounds on a 2-core machine.
-pub async fn wall_clock() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
 }
 
 /// The helpers' futures are `Send`, so a widget built on them runs in a
