@@ -275,3 +275,52 @@ async fn an_invalidated_tenant_keeps_nothing_from_a_reload_in_flight() {
     assert!(after.is_fresh(), "{:?}", after.source);
     assert_eq!(after.value, 3);
 }
+
+/// A query that answers at once with its run count, needing no timer.
+struct Instant1(Arc<AtomicUsize>);
+
+impl DashboardQuery for Instant1 {
+    type Output = usize;
+    type Error = Down;
+
+    fn name(&self) -> &'static str {
+        "instant"
+    }
+
+    async fn run(&self, _ctx: QueryContext) -> Result<usize, Down> {
+        Ok(self.0.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    fn fallback(&self) -> usize {
+        0
+    }
+}
+
+#[test]
+fn outside_a_tokio_runtime_a_due_value_is_served_as_cached_and_nothing_is_spawned() {
+    // No runtime: there is no task to reload on, so a value past its
+    // refresh point is served as plain `Cached` (and `tokio::spawn`, which
+    // would panic here, is never called).
+    use futures_util::FutureExt;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let policy = CachePolicy::ttl(secs(60)).refresh_after(Duration::ZERO);
+    let cached = Cached::new(Instant1(Arc::clone(&runs)), &QueryCache::new(10), policy);
+    let (fan_out, tenant) = (FanOut::new(), TenantId::new("tenant-a").unwrap());
+    let first = fan_out
+        .run(&tenant, (&cached,))
+        .now_or_never()
+        .expect("ready")
+        .0;
+    assert!(first.is_fresh());
+    let second = fan_out
+        .run(&tenant, (&cached,))
+        .now_or_never()
+        .expect("ready")
+        .0;
+    assert!(
+        matches!(second.source, Source::Cached { .. }),
+        "{:?}",
+        second.source
+    );
+    assert_eq!((second.value, runs.load(Ordering::SeqCst)), (1, 1));
+}
