@@ -137,6 +137,7 @@
 //! | `postgres` | [`postgres`]: run a tokio-postgres statement under the query's deadline, enforced by the server, and cancelled on the server when the query is dropped |
 //! | `sqlx`     | [`sqlx`](mod@sqlx): run a sqlx query under the query's deadline, enforced by the server, from a task that owns the pooled connection until it is clean, cancelling the statement on the server when the query is dropped |
 //! | `serde`    | [`dynamic`]: widget sets chosen at run time, values as `serde_json::Value` |
+//! | `live`     | [`live`]: live dashboards, one refresh per tenant per change pushed to every open dashboard, with a PostgreSQL `NOTIFY` change feed (with `postgres`) |
 //! | `metrics`  | [`metrics`]: query outcome counters and latency histograms through the `metrics` facade |
 //!
 //! # Logging
@@ -176,6 +177,9 @@ mod fan_out;
 mod hooks;
 mod in_order;
 mod limiter;
+#[cfg(feature = "live")]
+#[cfg_attr(docsrs, doc(cfg(feature = "live")))]
+pub mod live;
 mod log;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
