@@ -8,7 +8,7 @@ use std::sync::Arc;
 const MAX_LEN: usize = 128;
 
 /// A validated tenant identifier: 1 to 128 bytes of ASCII letters, digits,
-/// `-`, `_` and `.`.
+/// `-`, `_` and `.`, not only dots.
 ///
 /// The character set keeps a tenant id safe to put in log fields, metric
 /// labels and cache keys (no separators such as `:` or `*`, no whitespace,
@@ -38,8 +38,9 @@ impl TenantId {
     ///
     /// # Errors
     ///
-    /// [`InvalidTenantId`] when `id` is empty, longer than 128 bytes, or
-    /// holds a character other than ASCII letters, digits, `-`, `_` and `.`.
+    /// [`InvalidTenantId`] when `id` is empty, longer than 128 bytes,
+    /// holds a character other than ASCII letters, digits, `-`, `_` and `.`,
+    /// or is only dots (`.`, `..`).
     ///
     /// # Examples
     ///
@@ -48,6 +49,8 @@ impl TenantId {
     ///
     /// assert!(TenantId::new("tenant_7.eu-west").is_ok());
     /// assert_eq!(TenantId::new(""), Err(InvalidTenantId::Empty));
+    /// assert_eq!(TenantId::new(".."), Err(InvalidTenantId::OnlyDots));
+    /// assert!(TenantId::new("v1.2").is_ok());
     /// assert_eq!(
     ///     TenantId::new("a:b").unwrap_err().to_string(),
     ///     "tenant id has ':' at byte 1; only ASCII letters, digits, '-', '_' and '.' are allowed",
@@ -81,10 +84,14 @@ fn validate(id: &str) -> Result<(), InvalidTenantId> {
         return Err(InvalidTenantId::TooLong { len: id.len() });
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    match id.char_indices().find(|&(_, c)| !allowed(c)) {
-        Some((at, found)) => Err(InvalidTenantId::InvalidChar { found, at }),
-        None => Ok(()),
+    if let Some((at, found)) = id.char_indices().find(|&(_, c)| !allowed(c)) {
+        return Err(InvalidTenantId::InvalidChar { found, at });
     }
+    // `.` and `..` mean something else in a path or a file name.
+    if id.bytes().all(|b| b == b'.') {
+        return Err(InvalidTenantId::OnlyDots);
+    }
+    Ok(())
 }
 
 /// Why a string is not a valid [`TenantId`].
@@ -111,6 +118,10 @@ pub enum InvalidTenantId {
         /// The id's length in bytes.
         len: usize,
     },
+    /// The id is only dots (`.`, `..`, ...), which mean something else in
+    /// a URL path or a file name.
+    #[error("tenant id is only dots")]
+    OnlyDots,
     /// The id holds a character outside the allowed set.
     #[error(
         "tenant id has {found:?} at byte {at}; only ASCII letters, digits, '-', '_' and '.' are allowed"
