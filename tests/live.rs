@@ -720,3 +720,39 @@ mod isolation {
         }
     }
 }
+
+#[cfg(feature = "cache")]
+#[tokio::test(start_paused = true)]
+async fn a_change_invalidates_the_cache_at_once_even_for_a_tenant_nobody_watches() {
+    use fanout::cache::{CachePolicy, Cached, QueryCache};
+    let db = Db::default();
+    let cache = QueryCache::new(100);
+    let mut registry = WidgetRegistry::new();
+    let probe = Probe {
+        name: "outstanding",
+        db: db.clone(),
+    };
+    registry
+        .register(Cached::new(
+            probe,
+            &cache,
+            CachePolicy::ttl(Duration::from_secs(600)),
+        ))
+        .unwrap();
+    let live = Live::builder(FanOut::new(), registry.clone())
+        .cache(cache.clone())
+        .build();
+    let t = tenant("t1");
+    let read = || async {
+        let outcomes = FanOut::new()
+            .run(&t, registry.select(["outstanding"]).unwrap())
+            .await;
+        outcomes[0].value[1].as_i64().unwrap()
+    };
+    assert_eq!(read().await, 0);
+    db.set(&t, "outstanding", 8);
+    assert_eq!(read().await, 0, "cached");
+    live.notify(&t, ["outstanding"]);
+    assert_eq!(live.tenants(), 0);
+    assert_eq!(read().await, 8, "invalidated by the change");
+}

@@ -72,7 +72,10 @@ fn rejects_whitespace_control_separators_wildcards_and_non_ascii() {
 fn rejects_ids_that_are_only_dots() {
     for id in [".", "..", "...", &".".repeat(128)] {
         assert_eq!(TenantId::new(id), Err(InvalidTenantId::OnlyDots), "{id}");
-        assert_eq!(id.parse::<TenantId>().unwrap_err().to_string(), "tenant id is only dots");
+        assert_eq!(
+            id.parse::<TenantId>().unwrap_err().to_string(),
+            "tenant id is only dots"
+        );
     }
     for id in ["a.", ".a", "..a", "1.0"] {
         assert!(TenantId::new(id).is_ok(), "{id}");

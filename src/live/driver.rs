@@ -30,13 +30,13 @@ pub(super) async fn drive(hub: Arc<Hub>, room: Arc<Room>) {
         {
             next_tick = Some(now + every);
             announce = true;
+            hub.changed(&room.tenant);
             room.mark_dirty(None);
         }
         match room.plan(now, last_refresh, settings.throttle) {
             Plan::Run { widgets, refresh } => {
                 if refresh {
                     last_refresh = Some(now);
-                    hub.invalidate(&room.tenant);
                 }
                 let names: Vec<&'static str> = widgets.iter().map(|w| w.name()).collect();
                 let outcomes = hub.fan_out.run(&room.tenant, widgets).await;

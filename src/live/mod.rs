@@ -160,14 +160,15 @@ pub struct Live {
 ///     .build();
 /// # drop(live);
 /// ```
-#[derive(Debug)]
 pub struct Builder {
     fan_out: FanOut,
     registry: WidgetRegistry,
     settings: Settings,
-    #[cfg(feature = "cache")]
-    cache: Option<crate::cache::QueryCache>,
+    on_change: Option<OnChange>,
 }
+
+/// Called with the tenant of every change: see [`Builder::on_change`].
+type OnChange = Arc<dyn Fn(&TenantId) + Send + Sync>;
 
 #[derive(Clone, Copy, Debug)]
 struct Settings {
@@ -181,8 +182,7 @@ struct Hub {
     fan_out: FanOut,
     registry: WidgetRegistry,
     settings: Settings,
-    #[cfg(feature = "cache")]
-    cache: Option<crate::cache::QueryCache>,
+    on_change: Option<OnChange>,
     clock: Clock,
     rooms: Mutex<HashMap<TenantId, Arc<Room>>>,
 }
@@ -229,8 +229,7 @@ impl Live {
                 retry_after: Duration::from_secs(1),
                 events_kept: 64,
             },
-            #[cfg(feature = "cache")]
-            cache: None,
+            on_change: None,
         }
     }
 
@@ -310,6 +309,7 @@ impl Live {
     ///
     /// See the [module](self) docs.
     pub fn notify<S: AsRef<str>>(&self, tenant: &TenantId, widgets: impl IntoIterator<Item = S>) {
+        self.hub.changed(tenant);
         if let Some(room) = self.hub.room(tenant) {
             let names: Vec<S> = widgets.into_iter().collect();
             let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
@@ -328,6 +328,7 @@ impl Live {
     /// # Ok::<(), fanout::InvalidTenantId>(())
     /// ```
     pub fn notify_all(&self, tenant: &TenantId) {
+        self.hub.changed(tenant);
         if let Some(room) = self.hub.room(tenant) {
             room.mark_dirty(None);
         }
@@ -335,7 +336,9 @@ impl Live {
 
     /// Marks every widget of every tenant with subscribers changed: after
     /// a change feed missed notifications (a reconnect), so that everyone
-    /// converges.
+    /// converges. The [`on_change`](Builder::on_change) hook runs for those
+    /// tenants only: other tenants' cached values catch up within their
+    /// TTL.
     ///
     /// # Examples
     ///
@@ -347,6 +350,7 @@ impl Live {
     pub fn notify_everyone(&self) {
         let rooms: Vec<Arc<Room>> = self.hub.rooms().values().cloned().collect();
         for room in rooms {
+            self.hub.changed(&room.tenant);
             room.mark_dirty(None);
         }
     }
@@ -474,9 +478,42 @@ impl Builder {
         self
     }
 
-    /// Invalidates the tenant in `cache` before each refresh, so that
-    /// widgets wrapped in [`Cached`](crate::cache::Cached) compute afresh
-    /// (and every other reader of the cache sees the change at once).
+    /// Calls `hook` with the tenant of every change
+    /// ([`notify`](Live::notify), [`notify_all`](Live::notify_all),
+    /// [`apply`](Live::apply), a change feed notification, an interval
+    /// refresh), at once and whether or not the tenant has subscribers: the
+    /// place to invalidate caches that other readers share, such as a
+    /// Redis tier. It runs on the notifier's thread, so it must not block.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
+    /// # use fanout::{FanOut, TenantId, dynamic::WidgetRegistry, live::Live};
+    /// let changes = Arc::new(AtomicUsize::new(0));
+    /// let counted = Arc::clone(&changes);
+    /// let live = Live::builder(FanOut::new(), WidgetRegistry::new())
+    ///     .on_change(move |_tenant| { counted.fetch_add(1, Ordering::Relaxed); })
+    ///     .build();
+    /// live.notify_all(&TenantId::new("t1")?);
+    /// assert_eq!(changes.load(Ordering::Relaxed), 1);
+    /// # Ok::<(), fanout::InvalidTenantId>(())
+    /// ```
+    pub fn on_change(mut self, hook: impl Fn(&TenantId) + Send + Sync + 'static) -> Self {
+        let previous = self.on_change.take();
+        self.on_change = Some(Arc::new(move |tenant: &TenantId| {
+            if let Some(previous) = &previous {
+                previous(tenant);
+            }
+            hook(tenant);
+        }));
+        self
+    }
+
+    /// Invalidates the tenant in `cache` on every change (see
+    /// [`on_change`](Self::on_change)), so that widgets wrapped in
+    /// [`Cached`](crate::cache::Cached) compute afresh, in the refresh and
+    /// for every other reader of the cache.
     ///
     /// The whole tenant moves to a new generation, not only the changed
     /// widgets: that is what makes invalidation race-free against loads
@@ -494,9 +531,8 @@ impl Builder {
     /// ```
     #[cfg(feature = "cache")]
     #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
-    pub fn cache(mut self, cache: crate::cache::QueryCache) -> Self {
-        self.cache = Some(cache);
-        self
+    pub fn cache(self, cache: crate::cache::QueryCache) -> Self {
+        self.on_change(move |tenant| cache.invalidate_tenant(tenant))
     }
 
     /// The live dashboards.
@@ -510,8 +546,7 @@ impl Builder {
                 fan_out: self.fan_out,
                 registry: self.registry,
                 settings: self.settings,
-                #[cfg(feature = "cache")]
-                cache: self.cache,
+                on_change: self.on_change,
                 clock: Clock::new(),
                 rooms: Mutex::default(),
             }),
@@ -545,11 +580,21 @@ impl Hub {
         }
     }
 
-    fn invalidate(&self, _tenant: &TenantId) {
-        #[cfg(feature = "cache")]
-        if let Some(cache) = &self.cache {
-            cache.invalidate_tenant(_tenant);
+    fn changed(&self, tenant: &TenantId) {
+        if let Some(hook) = &self.on_change {
+            hook(tenant);
         }
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("fan_out", &self.fan_out)
+            .field("registry", &self.registry)
+            .field("settings", &self.settings)
+            .field("on_change", &self.on_change.is_some())
+            .finish()
     }
 }
 
