@@ -16,7 +16,6 @@ mod seed;
 #[path = "../examples/dashboard/sql.rs"]
 #[allow(dead_code)]
 mod sql;
-#[allow(dead_code)]
 mod support;
 #[path = "../examples/dashboard/throwaway_pg.rs"]
 #[allow(dead_code)]
