@@ -387,7 +387,7 @@ async fn resume_sends_only_what_changed_since_a_known_version_and_a_snapshot_oth
     assert_eq!(page.try_next(), None);
 
     // An unknown version (another process's, a made-up one): a snapshot.
-    let elsewhere: Version = "00000000.5".parse().unwrap();
+    let elsewhere: Version = "00000000.00000000.5".parse().unwrap();
     let mut other = live.subscribe(&t, WIDGETS).unwrap().resume_from(elsewhere);
     assert_eq!(other.next().await.kind(), "snapshot");
 
@@ -755,4 +755,271 @@ async fn a_change_invalidates_the_cache_at_once_even_for_a_tenant_nobody_watches
     live.notify(&t, ["outstanding"]);
     assert_eq!(live.tenants(), 0);
     assert_eq!(read().await, 8, "invalidated by the change");
+}
+
+mod failure_paths {
+    //! What an adversarial review found: a panicking fallback, a widget
+    //! re-watched during its refresh, slow and fast refreshes mixed, a
+    //! change to a tenant nobody watched, versions of another tenant or
+    //! widget list.
+    use super::*;
+
+    /// Reads its value when it starts (as an SQL statement's snapshot
+    /// does), then takes `latency`.
+    struct AtStart {
+        name: &'static str,
+        db: Db,
+    }
+
+    impl DashboardQuery for AtStart {
+        type Output = (String, i64);
+        type Error = std::io::Error;
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        async fn run(&self, ctx: QueryContext) -> Result<(String, i64), std::io::Error> {
+            let (value, latency) = {
+                let mut db = self.db.0.lock().unwrap();
+                *db.runs.entry(ctx.tenant().to_string()).or_default() += 1;
+                let value = db
+                    .values
+                    .get(&(ctx.tenant().to_string(), self.name))
+                    .copied()
+                    .unwrap_or(0);
+                (value, db.latency)
+            };
+            sleep(latency).await;
+            Ok((ctx.tenant().to_string(), value))
+        }
+        fn fallback(&self) -> (String, i64) {
+            (String::new(), -1)
+        }
+    }
+
+    /// 1. The throttle spaces refresh *starts*, but updates are pushed at
+    /// refresh *ends*: a slow refresh followed by fast ones pushes two
+    /// updates 10 ms apart and 11 in one second.
+    #[tokio::test(start_paused = true)]
+    async fn throttle_limits_pushes_not_only_refresh_starts() {
+        let db = Db::default();
+        let live = live_with(&db, |b| b);
+        let t = tenant("t1");
+        let mut page = live.subscribe(&t, ["total_revenue"]).unwrap();
+        page.next().await;
+        let last = 1200;
+        let reader = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                let update = page.next().await;
+                seen.push(Instant::now());
+                if number(&update, "total_revenue") == Some(last) {
+                    return seen;
+                }
+            }
+        });
+        db.latency(150 * MS); // one slow refresh (a busy database)...
+        db.set(&t, "total_revenue", 1);
+        live.notify(&t, ["total_revenue"]);
+        settle().await;
+        db.latency(10 * MS); // ...then fast ones
+        for n in 2..=last {
+            sleep(MS).await;
+            db.set(&t, "total_revenue", n);
+            live.notify(&t, ["total_revenue"]);
+        }
+        let seen = reader.await.unwrap();
+        let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1] - w[0]).collect();
+        for (i, at) in seen.iter().enumerate() {
+            let n = seen[i..]
+                .iter()
+                .take_while(|later| **later < *at + Duration::from_secs(1))
+                .count();
+            assert!(n <= 10, "{n} updates within 1 s; gaps {gaps:?}");
+        }
+    }
+
+    /// 2. A widget's slot removed and re-created while a run of it is in
+    /// flight takes that run's (pre-change) result as its first value;
+    /// the change notified in between was ignored (no slot then) and is
+    /// never refreshed: the new subscriber keeps a stale value forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_widget_watched_again_during_its_refresh_still_converges() {
+        let db = Db::default();
+        db.latency(50 * MS);
+        let mut registry = WidgetRegistry::new();
+        for name in ["w", "k"] {
+            registry
+                .register(AtStart {
+                    name,
+                    db: db.clone(),
+                })
+                .unwrap();
+        }
+        let live = Live::builder(FanOut::new().timeout(Duration::from_secs(2)), registry).build();
+        let t = tenant("t1");
+        let mut keeper = live.subscribe(&t, ["k"]).unwrap();
+        let mut a = live.subscribe(&t, ["w"]).unwrap();
+        keeper.next().await;
+        a.next().await;
+        sleep(Duration::from_secs(1)).await;
+
+        live.notify(&t, ["w"]); // a refresh of w starts, reads 0
+        sleep(10 * MS).await;
+        drop(a); // w's last watcher leaves (a page reload...)
+        db.set(&t, "w", 1); // a payment is committed
+        live.notify(&t, ["w"]); // nobody watches w: ignored
+        sleep(10 * MS).await;
+        let mut c = live.subscribe(&t, ["w"]).unwrap(); // ...the page is back
+        let mut latest = number(&c.next().await, "w");
+        sleep(Duration::from_secs(5)).await;
+        while let Some(update) = c.try_next() {
+            latest = number(&update, "w").or(latest);
+        }
+        assert_eq!(latest, Some(1), "the new page shows the committed value");
+    }
+
+    struct Fragile;
+
+    impl DashboardQuery for Fragile {
+        type Output = i64;
+        type Error = std::io::Error;
+        fn name(&self) -> &'static str {
+            "fragile"
+        }
+        async fn run(&self, _ctx: QueryContext) -> Result<i64, std::io::Error> {
+            Err(std::io::Error::other("down"))
+        }
+        fn fallback(&self) -> i64 {
+            panic!("no fallback")
+        }
+    }
+
+    /// 3. A panic in the driver (here a fallback that panics, which
+    /// FanOut::run documents as resumed) kills the tenant's driver
+    /// silently: every subscriber of the tenant, on any widget, stops
+    /// receiving updates, new ones never get a snapshot, and the room
+    /// stays until all of them leave.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_fallback_does_not_stop_the_tenants_other_widgets() {
+        let db = Db::default();
+        let mut registry = WidgetRegistry::new();
+        registry.register(Fragile).unwrap();
+        registry
+            .register(Probe {
+                name: "outstanding",
+                db: db.clone(),
+            })
+            .unwrap();
+        let live = Live::builder(FanOut::new().timeout(Duration::from_secs(2)), registry).build();
+        let t = tenant("t1");
+        let mut healthy = live.subscribe(&t, ["outstanding"]).unwrap();
+        healthy.next().await;
+        let _broken = live.subscribe(&t, ["fragile"]).unwrap();
+        settle().await; // the driver loads `fragile` and panics
+        db.set(&t, "outstanding", 5);
+        live.notify(&t, ["outstanding"]);
+        let update = tokio::time::timeout(Duration::from_secs(60), healthy.next()).await;
+        assert!(
+            update.is_ok(),
+            "the healthy widget's subscriber got no update in 60 s"
+        );
+    }
+
+    /// 4. A version is not tied to the tenant or the widget set it was
+    /// seen with: resuming with it on a wider set (or another tenant)
+    /// skips the widgets the client never received.
+    #[tokio::test(start_paused = true)]
+    async fn resuming_a_wider_widget_list_gets_what_it_never_saw() {
+        let db = Db::default();
+        let live = live_with(&db, |b| b);
+        let t = tenant("t1");
+        db.set(&t, "total_revenue", 42);
+        let mut keeper = live
+            .subscribe(&t, ["outstanding", "total_revenue"])
+            .unwrap();
+        keeper.next().await;
+        let mut narrow = live.subscribe(&t, ["outstanding"]).unwrap();
+        let version = narrow.next().await.version(); // never saw total_revenue
+        drop(narrow);
+        let mut wider = live
+            .subscribe(&t, ["outstanding", "total_revenue"])
+            .unwrap()
+            .resume_from(version);
+        settle().await;
+        let first = wider.try_next();
+        assert!(
+            first
+                .as_ref()
+                .is_some_and(|u| number(u, "total_revenue") == Some(42)),
+            "total_revenue never reaches the wider page: {first:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resuming_with_another_tenants_version_gets_a_snapshot() {
+        let db = Db::default();
+        let live = live_with(&db, |b| b);
+        let (a, b) = (tenant("a"), tenant("b"));
+        db.set(&b, "outstanding", 42);
+        let mut b_keeper = live.subscribe(&b, ["outstanding"]).unwrap();
+        b_keeper.next().await;
+        let mut a_page = live.subscribe(&a, ["outstanding"]).unwrap();
+        let a_version = a_page.next().await.version();
+        live.publish(&b, EventKind::ArrearsAlert.into()); // b moves past a's version
+        b_keeper.next().await;
+        let mut b_page = live
+            .subscribe(&b, ["outstanding"])
+            .unwrap()
+            .resume_from(a_version);
+        let first = b_page.next().await;
+        assert_eq!(
+            first.kind(),
+            "snapshot",
+            "a version of tenant a is unknown to tenant b"
+        );
+    }
+
+    /// 5. With a cache, a notification is only turned into an
+    /// invalidation when a refresh runs: a notify for a tenant with no
+    /// subscribers, or one consumed by a first load, invalidates nothing,
+    /// and the next snapshot is the stale cached value (for up to the TTL).
+    #[cfg(feature = "cache")]
+    #[tokio::test(start_paused = true)]
+    async fn a_change_while_nobody_watches_still_invalidates_the_cache() {
+        use fanout::cache::{CachePolicy, Cached, QueryCache};
+        let db = Db::default();
+        let cache = QueryCache::new(100);
+        let mut registry = WidgetRegistry::new();
+        let probe = Probe {
+            name: "outstanding",
+            db: db.clone(),
+        };
+        registry
+            .register(Cached::new(
+                probe,
+                &cache,
+                CachePolicy::ttl(Duration::from_secs(600)),
+            ))
+            .unwrap();
+        let live = Live::builder(FanOut::new(), registry)
+            .cache(cache.clone())
+            .build();
+        let t = tenant("t1");
+        let mut page = live.subscribe(&t, ["outstanding"]).unwrap();
+        page.next().await; // 0, now cached
+        drop(page);
+
+        // The tenant has no subscribers: a NOTIFY from the feed is dropped,
+        // and so is the invalidation it stood for.
+        db.set(&t, "outstanding", 4);
+        live.notify_all(&t);
+        let mut page = live.subscribe(&t, ["outstanding"]).unwrap();
+        let snapshot = page.next().await;
+        let mut latest = number(&snapshot, "outstanding");
+        sleep(Duration::from_secs(5)).await;
+        while let Some(update) = page.try_next() {
+            latest = number(&update, "outstanding").or(latest);
+        }
+        assert_eq!(latest, Some(4), "snapshot {snapshot:?}");
+    }
 }

@@ -304,3 +304,32 @@ async fn a_malformed_payload_is_logged_and_ignored() {
     assert_eq!(warnings.len(), 4, "{warnings:?}");
     assert_eq!(warnings[0].field("payload"), Some("{not json"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_name_keeps_its_case_and_may_be_a_reserved_word() {
+    let (config, client, live) = setup("fanout_live_channel", "fanout-live-channel").await;
+    let a = tenant(1);
+    for channel in ["Dashboard_Changes", "order"] {
+        let feed = ChangeFeed::new(config.clone(), channel)
+            .unwrap()
+            .spawn(&live)
+            .unwrap();
+        listening(&feed, 1).await;
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&channel, &a.as_str()])
+            .await
+            .unwrap();
+        timeout(Duration::from_secs(10), async {
+            while feed.notifications() != (1, 0) {
+                sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{channel}: {:?}", feed.notifications()));
+        assert_eq!(
+            feed.sessions(),
+            1,
+            "{channel}: LISTEN worked the first time"
+        );
+    }
+}

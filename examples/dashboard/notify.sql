@@ -10,7 +10,13 @@
 -- takes a database-wide lock at commit. Payloads stay far below the
 -- 8000-byte limit: ids and amounts, never the data itself.
 --
--- Re-runnable: CREATE OR REPLACE, and the triggers are dropped first.
+-- Re-runnable: CREATE OR REPLACE, and the triggers are dropped first. Every
+-- instance of the service runs it at start-up, so it runs in one transaction
+-- under an advisory lock: two instances starting together would otherwise
+-- race on CREATE OR REPLACE FUNCTION.
+
+BEGIN;
+SELECT pg_advisory_xact_lock(hashtext('fanout_notify.sql'));
 
 CREATE OR REPLACE FUNCTION fanout_notify_payment() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -20,6 +26,7 @@ BEGIN
         'widgets', json_build_array('total_revenue', 'recent_payments'),
         'event', 'payment_received',
         'data', json_build_object(
+            'tenant', NEW.tenant_id,
             'payment_id', NEW.id,
             'invoice_id', NEW.invoice_id,
             'amount_cents', NEW.amount_cents,
@@ -47,6 +54,7 @@ BEGIN
         'widgets', json_build_array('outstanding', 'invoice_stats', 'arrears'),
         'event', event,
         'data', json_build_object(
+            'tenant', NEW.tenant_id,
             'invoice_id', NEW.id,
             'from', old_status,
             'to', NEW.status,
@@ -61,3 +69,5 @@ CREATE TRIGGER fanout_payments_notify AFTER INSERT ON payments
 DROP TRIGGER IF EXISTS fanout_invoices_notify ON invoices;
 CREATE TRIGGER fanout_invoices_notify AFTER INSERT OR UPDATE ON invoices
     FOR EACH ROW EXECUTE FUNCTION fanout_notify_invoice();
+
+COMMIT;

@@ -94,6 +94,7 @@ pub struct AppState {
     auth: Auth,
     known: moka::future::Cache<TenantId, ()>,
     connections: Arc<Semaphore>,
+    max_connections: usize,
     ping_every: Duration,
     metrics: PrometheusHandle,
 }
@@ -163,6 +164,7 @@ impl AppState {
                 .time_to_live(Duration::from_secs(60))
                 .build(),
             connections: Arc::new(Semaphore::new(options.max_connections)),
+            max_connections: options.max_connections,
             ping_every: options.ping_every,
             metrics,
         }
@@ -171,6 +173,12 @@ impl AppState {
     /// The live dashboards, for the change feed to notify.
     pub fn live(&self) -> &Live {
         &self.live
+    }
+
+    /// Live connections (WebSocket and SSE) open now.
+    #[allow(dead_code)] // for the tests and the operator's curiosity
+    pub fn live_connections(&self) -> usize {
+        self.max_connections - self.connections.available_permits()
     }
 
     /// The pool the widgets query.
@@ -213,10 +221,15 @@ impl AppState {
     /// order without it.
     fn select(&self, widgets: Option<&str>) -> Result<Vec<Widget>, ApiError> {
         let Some(list) = widgets else {
-            return Ok(self.registry.select(widgets::NAMES).expect("the six widgets"));
+            return Ok(self
+                .registry
+                .select(widgets::NAMES)
+                .expect("the six widgets"));
         };
         if list.trim().is_empty() {
-            return Err(ApiError::bad_request("`widgets` is empty: name at least one widget"));
+            return Err(ApiError::bad_request(
+                "`widgets` is empty: name at least one widget",
+            ));
         }
         if list.split(',').any(|name| name.trim().is_empty()) {
             return Err(ApiError::bad_request(format!(
@@ -303,7 +316,10 @@ impl WidgetJson {
     }
 
     fn live(widget: &WidgetValue) -> Self {
-        let age = widget.age_ms.map(|ms| ms as f64 / 1000.0).unwrap_or_default();
+        let age = widget
+            .age_ms
+            .map(|ms| ms as f64 / 1000.0)
+            .unwrap_or_default();
         let cause = widget.cause.map(public_cause).unwrap_or_default();
         let detail = match widget.source {
             "cached" => format!("cached ({age:.1} s old)"),
@@ -388,7 +404,13 @@ fn live_json(update: &Update) -> String {
         version: update.version().to_string(),
         widgets: match update {
             Update::Event { .. } => None,
-            _ => Some(update.widgets().iter().map(|w| WidgetJson::live(w)).collect()),
+            _ => Some(
+                update
+                    .widgets()
+                    .iter()
+                    .map(|w| WidgetJson::live(w))
+                    .collect(),
+            ),
         },
         data: match update {
             Update::Event { event, .. } => Some(event.data.clone()),
@@ -639,5 +661,8 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; every route takes GET")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed; every route takes GET",
+    )
 }

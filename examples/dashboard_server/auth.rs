@@ -89,5 +89,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn now() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }

@@ -21,9 +21,9 @@
 
 mod app;
 mod auth;
-mod error;
 #[path = "../dashboard/db.rs"]
 mod db;
+mod error;
 #[path = "../dashboard/flags.rs"]
 mod flags;
 #[path = "../dashboard/layers.rs"]
@@ -222,7 +222,9 @@ async fn serve(args: Args) -> Result<(), String> {
     }
     println!("  {token}");
     println!("  open {base}/ and paste it, or:");
-    println!("  curl -s -H \"Authorization: Bearer $(cat {TOKEN_FILE})\" {base}/tenants/{tenant}/dashboard");
+    println!(
+        "  curl -s -H \"Authorization: Bearer $(cat {TOKEN_FILE})\" {base}/tenants/{tenant}/dashboard"
+    );
     axum::serve(listener, app::router(state))
         .await
         .map_err(|e| format!("serving: {e}"))
@@ -239,9 +241,10 @@ fn secret(flag: Option<&str>) -> Result<(Vec<u8>, bool), String> {
         .map(str::to_owned)
         .or_else(|| std::env::var("DASHBOARD_JWT_SECRET").ok());
     match given {
-        Some(secret) if secret.len() < 16 => {
-            Err("the JWT secret must be at least 16 bytes (--jwt-secret or DASHBOARD_JWT_SECRET)".to_owned())
-        }
+        Some(secret) if secret.len() < 16 => Err(
+            "the JWT secret must be at least 16 bytes (--jwt-secret or DASHBOARD_JWT_SECRET)"
+                .to_owned(),
+        ),
         Some(secret) => Ok((secret.into_bytes(), false)),
         None => {
             let mut secret = vec![0; 32];

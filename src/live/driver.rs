@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 use serde_json::json;
 use tokio::time::{Instant, timeout_at};
 
@@ -12,6 +15,7 @@ use super::room::{Plan, Room};
 use super::update::{Event, EventKind};
 use crate::DashboardQuery;
 use crate::drive::earliest;
+use crate::dynamic::Widget;
 
 /// Loads what subscribers wait for at once, and refreshes dirty widgets at
 /// most once per throttle interval, leading edge and trailing edge: the
@@ -35,17 +39,28 @@ pub(super) async fn drive(hub: Arc<Hub>, room: Arc<Room>) {
         }
         match room.plan(now, last_refresh, settings.throttle) {
             Plan::Run { widgets, refresh } => {
+                let slots: Vec<(&'static str, u64)> =
+                    widgets.iter().map(|(id, w)| (w.name(), *id)).collect();
+                let widgets: Vec<Widget> = widgets.into_iter().map(|(_, w)| w).collect();
+                // A failed query whose fallback() panics panics the run: that
+                // must not end the tenant's driver.
+                let run = AssertUnwindSafe(hub.fan_out.run(&room.tenant, widgets)).catch_unwind();
+                let (clock, retry) = (&hub.clock, settings.retry_after);
+                let changed = match run.await {
+                    Ok(outcomes) => {
+                        let outcomes = slots
+                            .iter()
+                            .zip(outcomes)
+                            .map(|(&(name, id), o)| (name, id, o));
+                        room.apply(outcomes, clock, Instant::now(), retry)
+                    }
+                    Err(_) => room.apply_panicked(&slots, clock, Instant::now(), retry),
+                };
                 if refresh {
-                    last_refresh = Some(now);
+                    // From the end of the refresh: what is throttled is
+                    // how often subscribers get an update.
+                    last_refresh = Some(Instant::now());
                 }
-                let names: Vec<&'static str> = widgets.iter().map(|w| w.name()).collect();
-                let outcomes = hub.fan_out.run(&room.tenant, widgets).await;
-                let changed = room.apply(
-                    names.into_iter().zip(outcomes),
-                    &hub.clock,
-                    Instant::now(),
-                    settings.retry_after,
-                );
                 if refresh && announce {
                     announce = false;
                     let event =

@@ -9,9 +9,25 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, Config, NoTls};
 
 use super::{Change, Live};
+
+/// A connection attempt that takes longer has failed.
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+/// A connection that listened this long was healthy: the backoff starts
+/// over after it.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("connecting took over {} s", CONNECT_WITHIN.as_secs())]
+    ConnectTimedOut,
+}
 
 /// Listens on a PostgreSQL channel and applies each notification to a
 /// [`Live`]: the payload is a [`Change`] (see [`Change::parse`]: a tenant
@@ -20,9 +36,10 @@ use super::{Change, Live};
 ///
 /// It uses a connection of its own, not a pooled one: a pool's connections
 /// are driven by tasks that drop notifications, and a listening connection
-/// must stay open. When it breaks, it reconnects with exponential backoff
-/// and full jitter (100 ms doubling to 10 s by default, reset once
-/// listening again). PostgreSQL delivers nothing that was sent while no one
+/// must stay open. When it breaks (or a connection attempt takes over
+/// 10 s), it reconnects with exponential backoff and full jitter (100 ms
+/// doubling to 10 s by default, starting over once a connection has
+/// listened for 30 s). PostgreSQL delivers nothing that was sent while no one
 /// listened, so each time listening (re)starts, every tenant with
 /// subscribers is marked changed: subscribers converge to the database's
 /// values whatever was missed.
@@ -127,8 +144,10 @@ impl ChangeFeed {
     ///
     /// # Errors
     ///
-    /// [`InvalidChannel`] unless `channel` is a plain identifier (it is
-    /// put in a `LISTEN` statement).
+    /// [`InvalidChannel`] unless `channel` is a plain identifier: ASCII
+    /// letters, digits and `_`. It is quoted in the `LISTEN` statement, so
+    /// its case is kept (as `pg_notify('Name', ...)` keeps it) and a
+    /// reserved word is a channel like any other.
     ///
     /// # Examples
     ///
@@ -147,7 +166,7 @@ impl ChangeFeed {
         }
         Ok(Self {
             config,
-            channel: channel.to_ascii_lowercase(),
+            channel: channel.to_owned(),
             first_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(10),
         })
@@ -194,11 +213,13 @@ impl ChangeFeed {
     async fn run(self, live: Live, status: Arc<Status>) {
         let mut failures: u32 = 0;
         loop {
-            let sessions = status.sessions.load(Ordering::Relaxed);
-            let ended = self.session(&live, &status).await;
+            let mut since = None;
+            let ended = self.session(&live, &status, &mut since).await;
             status.listening.store(false, Ordering::Relaxed);
-            if status.sessions.load(Ordering::Relaxed) > sessions {
-                failures = 0; // it was listening: start the backoff over
+            // Start the backoff over only after a connection that lasted:
+            // a server that accepts and drops at once gets the backoff.
+            if since.is_some_and(|since| since.elapsed() >= STABLE_AFTER) {
+                failures = 0;
             }
             let ceiling = self
                 .first_delay
@@ -224,15 +245,27 @@ impl ChangeFeed {
     }
 
     /// One connection: `LISTEN`, then apply notifications until it breaks.
-    async fn session(&self, live: &Live, status: &Status) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) = self.config.connect(NoTls).await?;
-        let statement = format!("LISTEN {}", self.channel);
+    async fn session(
+        &self,
+        live: &Live,
+        status: &Status,
+        since: &mut Option<Instant>,
+    ) -> Result<(), SessionError> {
+        let connect = tokio::time::timeout(CONNECT_WITHIN, self.config.connect(NoTls));
+        let Ok(connected) = connect.await else {
+            return Err(SessionError::ConnectTimedOut);
+        };
+        let (client, mut connection) = connected?;
+        // Quoted: `pg_notify` takes the name as it is, case and all.
+        let statement = format!("LISTEN \"{}\"", self.channel);
         let mut listen = pin!(client.batch_execute(&statement));
         let mut listening = false;
+        let listening_since = &mut *since;
         poll_fn(|cx| {
             if !listening && let Poll::Ready(result) = listen.as_mut().poll(cx) {
                 result?;
                 listening = true;
+                *listening_since = Some(Instant::now());
                 status.listening.store(true, Ordering::Relaxed);
                 status.sessions.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(channel = %self.channel, "change feed: listening");
@@ -245,7 +278,7 @@ impl ChangeFeed {
                         apply(live, status, notification.payload());
                     }
                     Poll::Ready(Some(Ok(_notice))) => {}
-                    Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+                    Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error.into())),
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
                     Poll::Pending => return Poll::Pending,
                 }

@@ -277,7 +277,8 @@ impl Live {
     ) -> Result<Subscription, SubscribeError> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| SubscribeError::NoRuntime)?;
-        let names = widgets.iter().map(crate::DashboardQuery::name).collect();
+        let names: Vec<&'static str> = widgets.iter().map(crate::DashboardQuery::name).collect();
+        let scope = version::scope(tenant.as_str(), &names);
         let mut rooms = self.hub.rooms();
         let room = match rooms.get(tenant) {
             Some(room) => Arc::clone(room),
@@ -296,6 +297,7 @@ impl Live {
             published: room.watch(),
             room,
             names,
+            scope,
             cursor: Cursor::Snapshot,
         })
     }

@@ -14,7 +14,7 @@ use super::update::{Event, Update, WidgetValue};
 use super::version::{Clock, Version};
 use crate::drive::earliest;
 use crate::dynamic::Widget;
-use crate::{DashboardQuery, Outcome, Source, TenantId};
+use crate::{DashboardQuery, Failure, Outcome, Source, TenantId};
 
 pub(super) struct Room {
     pub(super) tenant: TenantId,
@@ -34,6 +34,8 @@ struct State {
     base: u64,
     version: u64,
     slots: BTreeMap<&'static str, Slot>,
+    /// The last slot's id.
+    last_slot: u64,
     dirty: BTreeSet<&'static str>,
     /// Widgets whose last refresh failed, run again at `retry_at`.
     retry: BTreeSet<&'static str>,
@@ -44,6 +46,10 @@ struct State {
 
 /// One watched widget.
 struct Slot {
+    /// Which incarnation: a slot removed (nobody watched it) and made again
+    /// while a run was in flight must not take that run's result, read
+    /// before changes the new slot never heard of.
+    id: u64,
     widget: Widget,
     watchers: usize,
     value: Option<Arc<WidgetValue>>,
@@ -58,7 +64,10 @@ struct Slot {
 pub(super) enum Plan {
     /// Run these widgets: the ones nobody has a value of yet, and the dirty
     /// ones if `refresh` (the throttle allows it).
-    Run { widgets: Vec<Widget>, refresh: bool },
+    Run {
+        widgets: Vec<(u64, Widget)>,
+        refresh: bool,
+    },
     /// Nothing to do before this instant (or a wake-up).
     Wait(Option<Instant>),
 }
@@ -83,6 +92,7 @@ impl Room {
                 base,
                 version: base,
                 slots: BTreeMap::new(),
+                last_slot: 0,
                 dirty: BTreeSet::new(),
                 retry: BTreeSet::new(),
                 retry_at: None,
@@ -114,10 +124,16 @@ impl Room {
     /// A subscriber of `widgets` arrives.
     pub(super) fn join(&self, widgets: &[Widget]) {
         let mut state = self.state();
+        let state = &mut *state;
         state.subscribers += 1;
         let mut unloaded = false;
         for widget in widgets {
+            let last_slot = &mut state.last_slot;
             let slot = state.slots.entry(widget.name()).or_insert_with(|| Slot {
+                id: {
+                    *last_slot += 1;
+                    *last_slot
+                },
                 widget: widget.clone(),
                 watchers: 0,
                 value: None,
@@ -128,7 +144,6 @@ impl Room {
             slot.watchers += 1;
             unloaded |= slot.value.is_none();
         }
-        drop(state);
         if unloaded {
             self.wake.notify_one();
         }
@@ -226,7 +241,10 @@ impl Room {
         }
         let widgets = names
             .iter()
-            .map(|name| state.slots[name].widget.clone())
+            .map(|name| {
+                let slot = &state.slots[name];
+                (slot.id, slot.widget.clone())
+            })
             .collect();
         Plan::Run { widgets, refresh }
     }
@@ -237,7 +255,7 @@ impl Room {
     /// of the widgets that changed.
     pub(super) fn apply(
         &self,
-        outcomes: impl IntoIterator<Item = (&'static str, Outcome<Value>)>,
+        outcomes: impl IntoIterator<Item = (&'static str, u64, Outcome<Value>)>,
         clock: &Clock,
         now: Instant,
         retry_after: Duration,
@@ -245,8 +263,8 @@ impl Room {
         let mut state = self.state();
         let state = &mut *state;
         let mut changed = Vec::new();
-        for (name, outcome) in outcomes {
-            let Some(slot) = state.slots.get_mut(name) else {
+        for (name, id, outcome) in outcomes {
+            let Some(slot) = state.slots.get_mut(name).filter(|slot| slot.id == id) else {
                 continue;
             };
             let age = match outcome.source {
@@ -291,18 +309,44 @@ impl Room {
         changed
     }
 
+    /// Takes in a run that panicked (a failed query's `fallback()` did):
+    /// each widget keeps its last good value as `stale`, or shows `null`
+    /// as its fallback, and is retried `retry_after` later.
+    pub(super) fn apply_panicked(
+        &self,
+        widgets: &[(&'static str, u64)],
+        clock: &Clock,
+        now: Instant,
+        retry_after: Duration,
+    ) -> Vec<&'static str> {
+        let outcomes: Vec<_> = widgets
+            .iter()
+            .map(|&(name, id)| {
+                let failure = Failure::Panicked("the run panicked".to_owned());
+                let source = Source::Fallback(failure);
+                (
+                    name,
+                    id,
+                    Outcome::new(Value::Null, source, Duration::ZERO, Duration::ZERO),
+                )
+            })
+            .collect();
+        self.apply(outcomes, clock, now, retry_after)
+    }
+
     /// The next item for a subscriber of `names` at `cursor`, advancing it;
     /// `None` when it has seen everything there is.
     pub(super) fn next_for(
         &self,
         cursor: &mut Cursor,
         names: &[&'static str],
+        scope: u32,
         clock: &Clock,
     ) -> Option<Update> {
         let state = self.state();
         let slots = || names.iter().map(|name| &state.slots[name]);
         if let Cursor::Resume(version) = *cursor {
-            *cursor = match clock.counter_of(version) {
+            *cursor = match clock.counter_of(version, scope) {
                 Some(at)
                     if (state.base..=state.version).contains(&at)
                         && slots().all(|slot| slot.value.is_some() && slot.loaded_at <= at) =>
@@ -321,7 +365,7 @@ impl Room {
                     .collect::<Option<_>>()?;
                 *cursor = Cursor::At(state.version);
                 return Some(Update::Snapshot {
-                    version: clock.version(state.version),
+                    version: clock.version(scope, state.version),
                     widgets,
                 });
             }
@@ -340,13 +384,13 @@ impl Room {
             if !widgets.is_empty() {
                 *cursor = Cursor::At(at - 1);
                 return Some(Update::Widgets {
-                    version: clock.version(at - 1),
+                    version: clock.version(scope, at - 1),
                     widgets,
                 });
             }
             *cursor = Cursor::At(*at);
             return Some(Update::Event {
-                version: clock.version(*at),
+                version: clock.version(scope, *at),
                 event: Arc::clone(event),
             });
         }
@@ -356,7 +400,7 @@ impl Room {
         }
         *cursor = Cursor::At(state.version);
         Some(Update::Widgets {
-            version: clock.version(state.version),
+            version: clock.version(scope, state.version),
             widgets,
         })
     }

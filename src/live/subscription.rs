@@ -26,6 +26,8 @@ pub struct Subscription {
     pub(super) hub: Arc<Hub>,
     pub(super) room: Arc<Room>,
     pub(super) names: Vec<&'static str>,
+    /// The hash of the tenant and `names` its versions carry.
+    pub(super) scope: u32,
     pub(super) cursor: Cursor,
     pub(super) published: watch::Receiver<u64>,
 }
@@ -33,9 +35,11 @@ pub struct Subscription {
 impl Subscription {
     /// Starts after `version`, the last one this dashboard saw (before a
     /// reconnect): its first item is then only what changed since, or
-    /// nothing until something does. When `version` is no longer known (the
-    /// tenant's state was released, it comes from another process, or a
-    /// widget was loaded after it), the first item is a snapshot as usual.
+    /// nothing until something does. When `version` is not known (the
+    /// tenant's state was released since, it comes from another process, or
+    /// from a subscription to another tenant or another list of widgets, or
+    /// a widget was loaded after it), the first item is a snapshot as
+    /// usual.
     ///
     /// # Examples
     ///
@@ -74,7 +78,7 @@ impl Subscription {
     /// See the [module](super) docs.
     pub fn try_next(&mut self) -> Option<Update> {
         self.room
-            .next_for(&mut self.cursor, &self.names, &self.hub.clock)
+            .next_for(&mut self.cursor, &self.names, self.scope, &self.hub.clock)
     }
 
     /// The items as a [`Stream`] that never ends (drop it to unsubscribe).

@@ -19,8 +19,8 @@ use crate::{Outcome, Source};
 /// and a `version`, then `widgets` or the event's `data`:
 ///
 /// ```json
-/// {"type":"widgets","version":"1f2e3d4c.42","widgets":[{"name":"outstanding","value":1200,"source":"fresh","elapsed_ms":4.1}]}
-/// {"type":"payment_received","version":"1f2e3d4c.43","data":{"amount_cents":5000}}
+/// {"type":"widgets","version":"1f2e3d4c.5e6f7a8b.42","widgets":[{"name":"outstanding","value":1200,"source":"fresh","elapsed_ms":4.1}]}
+/// {"type":"payment_received","version":"1f2e3d4c.5e6f7a8b.43","data":{"amount_cents":5000}}
 /// ```
 ///
 /// # Examples
@@ -57,7 +57,8 @@ pub enum Update {
 }
 
 impl Update {
-    /// The version to [resume](super::Live::resume) from after this item.
+    /// The version to [resume](super::Subscription::resume_from) from
+    /// after this item.
     ///
     /// # Examples
     ///
