@@ -4,7 +4,8 @@
 //!
 //! Seeds the schema `fanout_test` (20 tenants) as `tests/postgres` does.
 //! `scripts/test` starts a throw-away PostgreSQL and sets `DATABASE_URL`;
-//! without it these tests fail, saying so. They never skip.
+//! without it this test binary starts its own (see `tests/pg`). They never
+//! skip.
 
 #[path = "../examples/dashboard_server/app.rs"]
 mod app;
