@@ -158,7 +158,7 @@ pub const SERVER_GRACE: Duration = crate::statement_timeout::GRACE;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL, or run scripts/test")?;
+/// # let url = throwaway::database_url(); // DATABASE_URL, or a throw-away server
 /// let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
 /// tokio::spawn(connection);
 ///
@@ -227,7 +227,7 @@ pub async fn query(
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL, or run scripts/test")?;
+/// # let url = throwaway::database_url(); // DATABASE_URL, or a throw-away server
 /// let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
 /// tokio::spawn(connection);
 ///
@@ -264,7 +264,7 @@ pub async fn query_one(
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL, or run scripts/test")?;
+/// # let url = throwaway::database_url(); // DATABASE_URL, or a throw-away server
 /// // In production, e.g. postgres-native-tls's `MakeTlsConnector`.
 /// let tls = tokio_postgres::NoTls;
 /// let (client, connection) = tokio_postgres::connect(&url, tls).await?;
@@ -310,7 +310,7 @@ where
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL, or run scripts/test")?;
+/// # let url = throwaway::database_url(); // DATABASE_URL, or a throw-away server
 /// // In production, e.g. postgres-native-tls's `MakeTlsConnector`.
 /// let tls = tokio_postgres::NoTls;
 /// let (client, connection) = tokio_postgres::connect(&url, tls).await?;

@@ -17,9 +17,6 @@ mod seed;
 #[allow(dead_code)]
 mod sql;
 mod support;
-#[path = "../examples/dashboard/throwaway_pg.rs"]
-#[allow(dead_code)]
-mod throwaway_pg;
 
 use std::sync::Arc;
 use std::time::Duration;

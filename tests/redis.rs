@@ -1,5 +1,5 @@
-//! The cache's shared tier against a real Redis (`REDIS_URL`; `scripts/test`
-//! starts a throw-away one): values shared between instances, invalidation
+//! The cache's shared tier against a real Redis (`REDIS_URL`, which
+//! `scripts/test` sets, or a throw-away one of this test binary): values shared between instances, invalidation
 //! by generation, a Redis killed or hung mid-test, the stampede bound across
 //! four instances, and no value ever crossing tenants.
 //!
@@ -10,7 +10,6 @@
 mod support;
 
 use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,20 +20,13 @@ use futures_util::future::join_all;
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use support::Capture;
+// The Redis every test but the kill tests uses: `REDIS_URL`, or one
+// started for this test binary.
+use throwaway::redis_url;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::sleep;
 use tracing::Level;
-
-/// The Redis every test but the kill test uses.
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "REDIS_URL is not set: run these tests with scripts/test, which starts a \
-             throw-away Redis, or point REDIS_URL at a Redis they may write to"
-        )
-    })
-}
 
 /// A namespace no other test (or earlier run) uses.
 fn namespace(test: &str) -> String {
@@ -242,47 +234,33 @@ async fn invalidating_a_tenant_recomputes_only_that_tenant_on_every_instance() {
     assert_eq!(db.runs(), 3);
 }
 
-/// A redis-server of this test's own, on a free loopback port, killed when
-/// dropped (also when the test fails).
+/// A redis-server of this test's own, on a free loopback port: a
+/// `throwaway::Redis`, removed when dropped (also when the test fails) or
+/// when this test binary exits, however it exits.
 struct OwnRedis {
     port: u16,
-    child: Option<Child>,
+    server: throwaway::Redis,
 }
 
 impl OwnRedis {
-    fn start_on(port: u16) -> Self {
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
-        let child = Command::new(&binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!(
-                    "cannot start {binary}: {error}; this test kills a Redis of its own: \
-                     install redis-server (scripts/test does) or set REDIS_SERVER"
-                )
-            });
+    fn started(server: Result<throwaway::Redis, String>) -> Self {
+        let server = server.unwrap_or_else(|e| panic!("this test kills a Redis of its own: {e}"));
         Self {
-            port,
-            child: Some(child),
+            port: server.port(),
+            server,
         }
     }
 
+    fn start_on(port: u16) -> Self {
+        Self::started(throwaway::Redis::start_on(port))
+    }
+
     fn start() -> Self {
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
+        Self::started(throwaway::Redis::start())
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        self.server.url().to_owned()
     }
 
     /// Connects once the server answers.
@@ -299,17 +277,9 @@ impl OwnRedis {
         }
     }
 
+    /// SIGKILL, as a crash.
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.kill().unwrap_or_else(|e| panic!("{e}"));
     }
 }
 

@@ -1,5 +1,5 @@
-//! Early refresh ("XFetch") of the Redis tier, against a real Redis: run
-//! with `scripts/test --test redis_early` (or with `REDIS_URL` set).
+//! Early refresh ("XFetch") of the Redis tier, against a real Redis
+//! (`REDIS_URL`, or a throw-away one of this test binary).
 //!
 //! The steady-read tests run on the wall clock (several instances, one
 //! Redis); their margins are wide so that a busy 2-core machine does not
@@ -14,16 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fanout::cache::{CachePolicy, EarlyRefresh, QueryCache, RedisTier, SharedCache, SharedCached};
 use fanout::{DashboardQuery, FanOut, QueryContext, Source, TenantId};
 use serde::{Deserialize, Serialize};
+// `REDIS_URL`, or a throw-away Redis started for this test binary.
+use throwaway::redis_url;
 use tokio::time::{Instant, sleep};
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "REDIS_URL is not set: run these tests with scripts/test, which starts a \
-             throw-away Redis, or point REDIS_URL at a Redis they may write to"
-        )
-    })
-}
 
 fn now_ms() -> u64 {
     SystemTime::now()

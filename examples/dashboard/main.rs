@@ -40,7 +40,6 @@ mod setup;
 mod sql;
 mod stats;
 mod steady;
-mod throwaway_pg;
 mod views;
 mod widgets;
 

@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 
+use throwaway::Postgres;
 use tokio_postgres::Config;
 
-use crate::throwaway_pg::ThrowawayPostgres;
 use crate::widgets::Mode;
 use crate::{db, seed};
 
@@ -52,7 +52,7 @@ pub fn run_main(
 /// long as this value.
 pub struct Database {
     pub config: Config,
-    _server: Option<ThrowawayPostgres>,
+    _server: Option<Postgres>,
 }
 
 /// Connects to `DATABASE_URL` (or starts a throw-away PostgreSQL) and seeds
@@ -62,7 +62,7 @@ pub async fn database(schema: &str, tenants: u32) -> Result<Database, String> {
         Ok(url) => (None, url),
         Err(_) => {
             eprintln!("DATABASE_URL is not set: starting a throw-away PostgreSQL");
-            let server = tokio::task::spawn_blocking(ThrowawayPostgres::start)
+            let server = tokio::task::spawn_blocking(Postgres::start)
                 .await
                 .map_err(|e| e.to_string())??;
             let url = server.url().to_owned();

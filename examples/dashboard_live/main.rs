@@ -31,8 +31,6 @@ mod sql;
 #[path = "../dashboard/stats.rs"]
 #[allow(dead_code)]
 mod stats;
-#[path = "../dashboard/throwaway_pg.rs"]
-mod throwaway_pg;
 #[allow(dead_code)] // shared with the dashboard example and the tests
 #[path = "../dashboard/widgets.rs"]
 mod widgets;

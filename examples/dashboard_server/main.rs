@@ -35,8 +35,6 @@ mod seed;
 mod setup;
 #[path = "../dashboard/sql.rs"]
 mod sql;
-#[path = "../dashboard/throwaway_pg.rs"]
-mod throwaway_pg;
 #[allow(dead_code)] // shared with the dashboard example and the tests
 #[path = "../dashboard/widgets.rs"]
 mod widgets;

@@ -32,8 +32,6 @@ mod sql;
 #[allow(dead_code)] // shared with examples/dashboard, which uses all of it
 #[path = "../dashboard/stats.rs"]
 mod stats;
-#[path = "../dashboard/throwaway_pg.rs"]
-mod throwaway_pg;
 // The value types and `Mode`; its tokio-postgres widgets are the other
 // example's.
 #[allow(dead_code)]

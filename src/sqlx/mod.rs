@@ -141,7 +141,7 @@ pub const SERVER_GRACE: Duration = crate::statement_timeout::GRACE;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL, or run scripts/test")?;
+/// # let url = throwaway::database_url(); // DATABASE_URL, or a throw-away server
 /// let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await?;
 ///
 /// let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -217,7 +217,7 @@ where
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL, or run scripts/test")?;
+/// # let url = throwaway::database_url(); // DATABASE_URL, or a throw-away server
 /// let pool = sqlx::PgPool::connect(&url).await?;
 /// let ctx = QueryContext::new(TenantId::new("creche-1")?, None);
 /// let row = fanout::sqlx::fetch_one(&pool, &ctx, sqlx::query("SELECT 40 + $1").bind(2_i32)).await?;
@@ -253,7 +253,7 @@ where
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL, or run scripts/test")?;
+/// # let url = throwaway::database_url(); // DATABASE_URL, or a throw-away server
 /// let pool = sqlx::PgPool::connect(&url).await?;
 /// let ctx = QueryContext::new(TenantId::new("creche-1")?, None);
 /// let query = sqlx::query("SELECT 1 WHERE $1 = 'creche-2'").bind(ctx.tenant().as_str());

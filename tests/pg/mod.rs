@@ -3,8 +3,10 @@
 //! schema `fanout_test`, seeded once and reused while the seed SQL is
 //! unchanged. Needs `crate::db` and `crate::seed` (the example's modules).
 //!
-//! `scripts/test` starts a throw-away PostgreSQL and sets `DATABASE_URL`;
-//! without it the tests fail, saying so. They never skip.
+//! `scripts/test` starts one throw-away PostgreSQL for every test binary
+//! and sets `DATABASE_URL`; without it each test binary starts its own
+//! (`throwaway::database_url`). Without the server binaries the tests
+//! fail, saying what to install. They never skip.
 
 use tokio::sync::OnceCell;
 use tokio_postgres::Config;
@@ -48,15 +50,7 @@ pub async fn seeded_at(url: &str, schema: &str, tenants: u32, application: &str)
     config
 }
 
-/// `DATABASE_URL`, which `scripts/test` sets.
-pub fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "DATABASE_URL is not set: run scripts/test (it starts a throw-away PostgreSQL), \
-             or point DATABASE_URL at a PostgreSQL database the tests may create a schema in"
-        )
-    })
-}
+pub use throwaway::database_url;
 
 /// Backends of `application` whose state is `state` (a `LIKE` pattern)
 /// and whose statement contains `text`.

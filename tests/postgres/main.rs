@@ -10,8 +10,6 @@ mod db;
 mod seed;
 #[path = "../../examples/dashboard/sql.rs"]
 mod sql;
-#[path = "../../examples/dashboard/throwaway_pg.rs"]
-mod throwaway_pg;
 #[path = "../../examples/dashboard/widgets.rs"]
 mod widgets;
 

@@ -6,7 +6,7 @@
 //! after the restart the same pool serves fresh values again within two
 //! seconds.
 //!
-//! On a private throw-away cluster (the example's `throwaway_pg`), so the
+//! On a private throw-away cluster (`throwaway::Postgres`), so the
 //! shared one the other tests use keeps running.
 
 use std::sync::Arc;
@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use fanout::FanOut;
 use fanout::cache::{CachePolicy, Cached, QueryCache};
+use throwaway::Postgres;
 use tokio::sync::Mutex;
 
-use crate::throwaway_pg::ThrowawayPostgres;
 use crate::widgets::{self, Mode};
 
 const TENANTS: u32 = 3;
@@ -45,7 +45,7 @@ impl Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_survive_a_database_restart_and_the_pool_recovers() {
     let _alone = crate::wall_clock().await;
-    let server = tokio::task::spawn_blocking(ThrowawayPostgres::start)
+    let server = tokio::task::spawn_blocking(Postgres::start)
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("private cluster: {e}"));

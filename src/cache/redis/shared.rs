@@ -54,7 +54,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+/// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
 /// let redis = RedisTier::connect(&url, "dashboards").await?;
 /// let cache = SharedCache::new(&QueryCache::new(10_000), &redis);
 /// assert_eq!(cache.local().entry_count(), 0);
@@ -118,7 +118,7 @@ impl SharedCache {
     /// # use fanout::cache::{QueryCache, RedisTier, SharedCache};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
     /// # let namespace = format!("doc-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
     /// let cache = SharedCache::new(&QueryCache::new(100), &RedisTier::connect(&url, &namespace).await?);
     /// let tenant = fanout::TenantId::new("t1")?;
@@ -147,7 +147,7 @@ impl SharedCache {
     /// # use fanout::cache::{QueryCache, RedisTier, SharedCache};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
     /// # let namespace = format!("doc-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
     /// let cache = SharedCache::new(&QueryCache::new(100), &RedisTier::connect(&url, &namespace).await?);
     /// assert_eq!(cache.remembered_tenants(), 0);
@@ -348,7 +348,7 @@ impl fmt::Debug for SharedCache {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+/// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
 /// # let namespace = format!("doc-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
 /// let redis = RedisTier::connect(&url, &namespace).await?;
 /// let policy = CachePolicy::ttl(Duration::from_secs(30));
@@ -403,7 +403,7 @@ impl<Q> SharedCached<Q> {
     /// # use fanout::cache::{CachePolicy, QueryCache, RedisTier, SharedCache, SharedCached};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
     /// # let cache = SharedCache::new(&QueryCache::new(100), &RedisTier::connect(&url, "dashboards").await?);
     /// let this_month = SharedCached::new("query", &cache, CachePolicy::ttl(Duration::from_secs(60))).key("2026-11");
     /// # let _ = this_month;
@@ -440,7 +440,7 @@ impl<Q> SharedCached<Q> {
     /// # }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
     /// # let namespace = format!("doc-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
     /// let redis = RedisTier::connect(&url, &namespace).await?;
     /// let policy = CachePolicy::ttl(Duration::from_secs(60));
@@ -486,7 +486,7 @@ impl<Q> SharedCached<Q> {
     /// # }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
     /// # let namespace = format!("doc-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
     /// let redis = RedisTier::connect(&url, &namespace).await?;
     /// let policy = CachePolicy::ttl(Duration::from_secs(60));

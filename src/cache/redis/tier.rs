@@ -55,7 +55,7 @@ const RELEASE_LOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+/// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
 /// let redis = RedisTier::connect(&url, "dashboards")
 ///     .await?
 ///     .call_timeout(Duration::from_millis(20))
@@ -91,7 +91,7 @@ impl RedisTier {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
     /// let redis = fanout::cache::RedisTier::connect(&url, "dashboards").await?;
     /// # let _ = redis;
     ///
@@ -172,7 +172,7 @@ impl RedisTier {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
     /// let redis = fanout::cache::RedisTier::connect(&url, "dashboards")
     ///     .await?
     ///     .lock_ttl(std::time::Duration::from_secs(5));
@@ -214,7 +214,7 @@ impl RedisTier {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
     /// let redis = fanout::cache::RedisTier::connect(&url, "dashboards")
     ///     .await?
     ///     .generation_check(std::time::Duration::ZERO);
@@ -240,7 +240,7 @@ impl RedisTier {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
     /// let redis = fanout::cache::RedisTier::connect(&url, "dashboards")
     ///     .await?
     ///     .retry_after(std::time::Duration::from_secs(5));
@@ -277,7 +277,7 @@ impl RedisTier {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
     /// let redis = fanout::cache::RedisTier::connect(&url, "dashboards").await?;
     /// assert_eq!(redis.decode_failures(), 0);
     /// # Ok(()) }
@@ -325,7 +325,7 @@ impl RedisTier {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let url = std::env::var("REDIS_URL").map_err(|_| "set REDIS_URL, or run scripts/test")?;
+    /// # let url = throwaway::redis_url(); // REDIS_URL, or a throw-away server
     /// # let namespace = format!("doc-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
     /// let redis = fanout::cache::RedisTier::connect(&url, &namespace).await?;
     /// let tenant = fanout::TenantId::new("t1")?;
