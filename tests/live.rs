@@ -668,12 +668,14 @@ mod isolation {
                 db.latency(2 * MS);
                 let live = live_with(&db, |b| b.events_kept(std::num::NonZeroUsize::new(4).unwrap()));
                 let tenants = ["a", "b", "c"].map(tenant);
-                let mut pages: Vec<fanout::live::Subscription> = Vec::new();
-                let check = |page: &mut fanout::live::Subscription| {
+                // Each page, and the latest value it has seen of each widget.
+                let mut pages: Vec<(fanout::live::Subscription, HashMap<&'static str, i64>)> = Vec::new();
+                let check = |(page, latest): &mut (fanout::live::Subscription, HashMap<&'static str, i64>)| {
                     while let Some(update) = page.try_next() {
                         let own = page.tenant().as_str();
                         for widget in update.widgets() {
                             prop_assert_eq!(widget.value[0].as_str(), Some(own));
+                            latest.insert(widget.name, widget.value[1].as_i64().unwrap());
                         }
                         if let Update::Event { event, .. } = &update {
                             prop_assert_eq!(event.data["tenant"].as_str(), Some(own));
@@ -685,7 +687,7 @@ mod isolation {
                     match step {
                         Step::Subscribe { tenant, widgets } => {
                             let names: Vec<&str> = WIDGETS.iter().enumerate().filter(|(i, _)| widgets & (1 << i) != 0).map(|(_, n)| *n).collect();
-                            pages.push(live.subscribe(&tenants[tenant as usize], names).unwrap());
+                            pages.push((live.subscribe(&tenants[tenant as usize], names).unwrap(), HashMap::new()));
                         }
                         Step::Drop { index } if !pages.is_empty() => {
                             let index = index as usize % pages.len();
@@ -712,6 +714,12 @@ mod isolation {
                 sleep(Duration::from_secs(2)).await;
                 for page in &mut pages {
                     check(page)?;
+                    // ... and every page ends at the database's values.
+                    let (subscription, latest) = page;
+                    for name in subscription.widgets() {
+                        let db_value = db.0.lock().unwrap().values.get(&(subscription.tenant().to_string(), *name)).copied().unwrap_or(0);
+                        prop_assert_eq!(latest.get(name).copied(), Some(db_value), "{} of {}", name, subscription.tenant());
+                    }
                 }
                 drop(pages);
                 prop_assert_eq!(live.tenants(), 0);
