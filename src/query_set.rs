@@ -2,12 +2,14 @@
 //! 1 to 12 queries of any types, and `Vec`s of one query type.
 
 use std::future::Future;
+use std::pin::{Pin, pin};
 
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use crate::in_order::InOrder;
 use crate::query_stream::{self, QueueLength};
+use crate::hooks;
 use crate::query_tuple::{self, Member, Slot};
 use crate::report::QueryReport;
 use crate::resolve::fan_out_finished;
@@ -120,16 +122,15 @@ macro_rules! tuple_query_set {
             ) -> (Self::Outcomes, Option<Report>) {
                 let started = Instant::now();
                 let ($($query,)+) = self;
-                $(let $slot = Slot::new(&$query);)+
-                let members: &[&dyn Member] = &[$(&$slot),+];
-                let (ended, queue_length) = query_tuple::run(fan_out, tenant, members).await;
-                let longest_wait = ended.iter().map(|e| e.waited).max().unwrap_or_default();
-                let mut ended = ended.into_iter();
+                $(let mut $slot = pin!(Slot::new(&$query, tenant, hooks::load::<$ty>));)+
+                let (waited, queue_length) = {
+                    let mut members = [$($slot.as_mut() as Pin<&mut dyn Member>),+];
+                    query_tuple::run(fan_out, tenant, &mut members).await
+                };
+                let longest_wait = waited.iter().copied().max().unwrap_or_default();
+                let mut waited = waited.into_iter();
                 let names = [$($slot.name()),+];
-                let outcomes = ($($slot.outcome(
-                    tenant,
-                    ended.next().expect("fanout bug: a tuple query has no result"),
-                ),)+);
+                let outcomes = ($($slot.as_mut().outcome(waited.next().unwrap_or_default()),)+);
                 let elapsed = started.elapsed();
                 fan_out_finished(elapsed, longest_wait, queue_length);
                 let report = report.then(|| {
