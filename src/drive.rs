@@ -453,7 +453,11 @@ impl<I: Inputs> Drive<I> {
     /// Notes how long `ended` waited before it started (or was given up).
     fn stamped(&self, mut ended: I::Ended) -> I::Ended {
         if let Some(clock) = &self.clock {
-            ended.set_waited(ended.started_at().saturating_duration_since(clock.started));
+            // Most inputs start with the fan-out: no subtraction for them.
+            let started_at = ended.started_at();
+            if started_at != clock.started {
+                ended.set_waited(started_at.saturating_duration_since(clock.started));
+            }
         }
         ended
     }
@@ -510,11 +514,23 @@ impl<I: Inputs> Drive<I> {
         if this.expired.is_some() {
             return Poll::Ready(this.next_expired(cx));
         }
-        let now = Instant::now();
+        // The clock is read when something needs it: starting inputs, or
+        // checking the shared timer. A poll that only collects an input
+        // that ended, the common one, reads nothing.
+        let mut now = None;
         if this.clock.is_none() {
-            this.clock = Some(this.start_clock(now));
+            let at = *now.get_or_insert_with(Instant::now);
+            this.clock = Some(this.start_clock(at));
         }
-        let started = this.start_inputs(now, cx);
+        let started = match this.inputs.has_pending() {
+            true => this.start_inputs(*now.get_or_insert_with(Instant::now), cx),
+            false => {
+                // Nothing left to start: leave the line, handing back
+                // what was granted and not taken.
+                this.ticket = None;
+                None
+            }
+        };
         // The first poll is over once it has started what it could; one
         // that returned early (a closed limiter) goes on at the next poll.
         if started.is_none()
@@ -534,6 +550,7 @@ impl<I: Inputs> Drive<I> {
             // past the shared expiry with inputs never started.
             Poll::Ready(None) | Poll::Pending => {}
         }
+        let now = *now.get_or_insert_with(Instant::now);
         if let Some(clock) = this.clock.as_mut()
             && let Some(at) = clock.shared_at
             // The clock is checked as well as the timer: a timer armed at
