@@ -202,8 +202,12 @@ pub(crate) trait Inputs {
 
     /// Stops every running input now, as `stop` (each one's own expiry,
     /// when due too, makes it `TimedOut`); returns them in input order.
-    fn expire_running(&mut self, stop: Stop, now: Instant, cx: &mut Context<'_>)
-    -> Vec<Self::Ended>;
+    fn expire_running(
+        &mut self,
+        stop: Stop,
+        now: Instant,
+        cx: &mut Context<'_>,
+    ) -> Vec<Self::Ended>;
 }
 
 /// The expiry of an input starting at `now` with its own `timeout` or else

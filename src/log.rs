@@ -86,7 +86,13 @@ pub(crate) fn query_finished(
             stale = matches!(source, Source::Stale { .. }),
             "query shed under load; not started"
         ),
-        Source::Fresh => tracing::debug!(tenant, query, outcome, elapsed_ms = elapsed_ms(), "query succeeded"),
+        Source::Fresh => tracing::debug!(
+            tenant,
+            query,
+            outcome,
+            elapsed_ms = elapsed_ms(),
+            "query succeeded"
+        ),
         Source::Cached { age } | Source::Refreshing { age } => {
             tracing::debug!(
                 tenant,

@@ -161,9 +161,8 @@ struct FanOutHandles {
 impl Handles {
     /// The table, emptied first if the recorder in force changed.
     fn current(&mut self) -> &mut Self {
-        let recorder = ::metrics::with_recorder(|recorder| {
-            std::ptr::from_ref(recorder).cast::<()>() as usize
-        });
+        let recorder =
+            ::metrics::with_recorder(|recorder| std::ptr::from_ref(recorder).cast::<()>() as usize);
         if recorder != self.recorder {
             self.recorder = recorder;
             self.queries.clear();
@@ -236,9 +235,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use ::metrics::{
-        CounterFn, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-    };
+    use ::metrics::{CounterFn, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 
     use super::*;
 

@@ -8,9 +8,9 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
+use crate::hooks;
 use crate::in_order::InOrder;
 use crate::query_stream::{self, QueueLength};
-use crate::hooks;
 use crate::query_tuple::{self, Member, Slot};
 use crate::report::QueryReport;
 use crate::resolve::fan_out_finished;

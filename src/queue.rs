@@ -103,7 +103,12 @@ where
         self.in_flight.poll_next_unpin(cx)
     }
 
-    fn expire_running(&mut self, stop: Stop, now: Instant, cx: &mut Context<'_>) -> Vec<EndedOf<J>> {
+    fn expire_running(
+        &mut self,
+        stop: Stop,
+        now: Instant,
+        cx: &mut Context<'_>,
+    ) -> Vec<EndedOf<J>> {
         let mut running: Vec<EndedOf<J>> = Pin::new(&mut self.in_flight)
             .iter_pin_mut()
             .map(|input| input.expire(stop.settled(), now, cx))
@@ -127,7 +132,10 @@ fn not_started<J: Job>(
     let name = job.name();
     // `skip` drops what never ran (a plain future): its `Drop` may panic.
     let (settled, stale) = match catch_unwind(AssertUnwindSafe(|| job.skip())) {
-        Ok(recover) => (stop.settled(), recover.recover().and_then(|lookup| poll_once(lookup, cx))),
+        Ok(recover) => (
+            stop.settled(),
+            recover.recover().and_then(|lookup| poll_once(lookup, cx)),
+        ),
         Err(payload) => (crate::Settled::Panicked(panic_message(&*payload)), None),
     };
     Ended {
