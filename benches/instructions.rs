@@ -126,12 +126,27 @@ fn main() -> ExitCode {
 
     if std::env::var_os("SIZES").is_some() {
         let (a, b, c, d, e, f) = &cached;
-        eprintln!("run cached6 future: {}", std::mem::size_of_val(&dashboard.run(&tenant, (a, b, c, d, e, f))));
-        eprintln!("one Cached load: {}", std::mem::size_of_val(&a.load(QueryContext::new(tenant.clone(), None))));
+        eprintln!(
+            "run cached6 future: {}",
+            std::mem::size_of_val(&dashboard.run(&tenant, (a, b, c, d, e, f)))
+        );
+        eprintln!(
+            "one Cached load: {}",
+            std::mem::size_of_val(&a.load(QueryContext::new(tenant.clone(), None)))
+        );
         let (a, b, c, d, e, f) = &six;
-        eprintln!("run6 future: {}", std::mem::size_of_val(&dashboard.run(&tenant, (a, b, c, d, e, f))));
-        eprintln!("lookups6 future: {}", std::mem::size_of_val(&by_hand.six(&tenant)));
-        eprintln!("join6 future: {}", std::mem::size_of_val(&join_six(&six, &tenant)));
+        eprintln!(
+            "run6 future: {}",
+            std::mem::size_of_val(&dashboard.run(&tenant, (a, b, c, d, e, f)))
+        );
+        eprintln!(
+            "lookups6 future: {}",
+            std::mem::size_of_val(&by_hand.six(&tenant))
+        );
+        eprintln!(
+            "join6 future: {}",
+            std::mem::size_of_val(&join_six(&six, &tenant))
+        );
     }
     let known = runtime.block_on(async {
         for _ in 0..iterations {

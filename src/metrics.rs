@@ -91,9 +91,10 @@ pub(crate) fn redis_decode_failed(query: &'static str) {
 pub(crate) fn query_settled(query: &'static str, outcome: &'static str, elapsed: Duration) {
     HANDLES.with(|handles| {
         let mut handles = handles.borrow_mut();
-        let of_query = handles.current().query(query);
-        of_query.duration.record(elapsed.as_secs_f64());
-        of_query.outcome(query, outcome).increment(1);
+        let recent = handles.current().recent(query, outcome);
+        // A `Duration`, converted only by a handle that records.
+        recent.duration.record(elapsed);
+        recent.outcomes.increment(1);
     });
 }
 
@@ -105,8 +106,8 @@ pub(crate) fn fan_out_finished(
     HANDLES.with(|handles| {
         let mut handles = handles.borrow_mut();
         let fan_out = handles.current().fan_out();
-        fan_out.duration.record(elapsed.as_secs_f64());
-        fan_out.queue_wait.record(longest_wait.as_secs_f64());
+        fan_out.duration.record(elapsed);
+        fan_out.queue_wait.record(longest_wait);
         if let Some(length) = queue_length {
             fan_out.queue_length.record(length as f64);
         }
@@ -117,6 +118,7 @@ thread_local! {
     static HANDLES: RefCell<Handles> = const {
         RefCell::new(Handles {
             recorder: 0,
+            recent: [const { None }; RECENT],
             queries: HashMap::with_hasher(BuildHasherDefault::new()),
             fan_out: None,
         })
@@ -136,8 +138,23 @@ thread_local! {
 struct Handles {
     /// The address of the recorder the handles belong to; 0 before any.
     recorder: usize,
+    /// The (query, outcome) pairs used last, each in the one entry its
+    /// addresses hash to: found with one comparison, before the table.
+    recent: [Option<Recent>; RECENT],
     queries: HashMap<NameKey, QueryHandles, BuildHasherDefault<WordHasher>>,
     fan_out: Option<FanOutHandles>,
+}
+
+/// How many (query, outcome) pairs [`Handles::recent`] holds, a power of
+/// two: room for a service's usual dashboards, with few collisions.
+const RECENT: usize = 64;
+
+/// A (query, outcome) pair's handles, by the addresses of the two names.
+struct Recent {
+    query: (usize, usize),
+    outcome: usize,
+    duration: Histogram,
+    outcomes: Counter,
 }
 
 /// A query name by address and length: names are `&'static str`, and two
@@ -165,10 +182,37 @@ impl Handles {
             ::metrics::with_recorder(|recorder| std::ptr::from_ref(recorder).cast::<()>() as usize);
         if recorder != self.recorder {
             self.recorder = recorder;
+            self.recent = [const { None }; RECENT];
             self.queries.clear();
             self.fan_out = None;
         }
         self
+    }
+
+    /// The handles of `query` ending as `outcome`.
+    fn recent(&mut self, query: &'static str, outcome: &'static str) -> &Recent {
+        let key = (query.as_ptr() as usize, query.len());
+        let at = outcome.as_ptr() as usize;
+        let mut hasher = WordHasher::default();
+        hasher.write_usize(key.0 ^ key.1.rotate_left(32));
+        hasher.write_usize(at);
+        // The hash's top bits pick the one entry this pair may be in.
+        let index = (hasher.finish() >> (64 - RECENT.trailing_zeros())) as usize;
+        let hit = self.recent[index]
+            .as_ref()
+            .is_some_and(|r| r.query == key && r.outcome == at);
+        if !hit {
+            let of_query = self.query(query);
+            self.recent[index] = Some(Recent {
+                query: key,
+                outcome: at,
+                duration: of_query.duration.clone(),
+                outcomes: of_query.outcome(query, outcome).clone(),
+            });
+        }
+        self.recent[index]
+            .as_ref()
+            .expect("the entry was just found or filled")
     }
 
     fn query(&mut self, query: &'static str) -> &mut QueryHandles {
