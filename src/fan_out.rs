@@ -464,11 +464,11 @@ impl FanOut {
     // Not an `async fn`: the set's own future is returned as it is, so a
     // tuple's queries, held inline in it, are not copied into a second
     // future around it (a cached tuple's state is several kilobytes).
-    pub fn run<'a, Q: QuerySet + 'a>(
-        &'a self,
-        tenant: &'a TenantId,
+    pub fn run<Q: QuerySet>(
+        &self,
+        tenant: &TenantId,
         queries: Q,
-    ) -> impl Future<Output = Q::Outcomes> + Send + 'a {
+    ) -> impl Future<Output = Q::Outcomes> + Send {
         let span = tracing::info_span!("fan_out", tenant = %tenant);
         queries.run_set(self, tenant, span, None)
     }

@@ -59,15 +59,13 @@ pub trait QuerySet: sealed::Sealed {
     /// asked for one; call [`FanOut::run`] or [`FanOut::run_with_report`]
     /// instead.
     #[doc(hidden)]
-    fn run_set<'a>(
+    fn run_set(
         self,
-        fan_out: &'a FanOut,
-        tenant: &'a TenantId,
+        fan_out: &FanOut,
+        tenant: &TenantId,
         span: Span,
-        report: Option<&'a mut Option<Report>>,
-    ) -> impl Future<Output = Self::Outcomes> + Send + 'a
-    where
-        Self: 'a;
+        report: Option<&mut Option<Report>>,
+    ) -> impl Future<Output = Self::Outcomes> + Send;
 }
 
 pub(crate) mod sealed {
@@ -82,16 +80,13 @@ impl<Q: DashboardQuery> sealed::Sealed for Vec<Q> {}
 impl<Q: DashboardQuery> QuerySet for Vec<Q> {
     type Outcomes = Vec<Outcome<Q::Output>>;
 
-    async fn run_set<'a>(
+    async fn run_set(
         self,
-        fan_out: &'a FanOut,
-        tenant: &'a TenantId,
+        fan_out: &FanOut,
+        tenant: &TenantId,
         span: Span,
-        report: Option<&'a mut Option<Report>>,
-    ) -> Self::Outcomes
-    where
-        Self: 'a,
-    {
+        report: Option<&mut Option<Report>>,
+    ) -> Self::Outcomes {
         let wanted = report.is_some();
         let started = Instant::now();
         let mut outcomes = InOrder::new(self.len());
@@ -133,16 +128,13 @@ macro_rules! tuple_query_set {
         impl<$($ty: DashboardQuery),+> QuerySet for ($($ty,)+) {
             type Outcomes = ($(Outcome<$ty::Output>,)+);
 
-            async fn run_set<'a>(
+            async fn run_set(
                 self,
-                fan_out: &'a FanOut,
-                tenant: &'a TenantId,
+                fan_out: &FanOut,
+                tenant: &TenantId,
                 span: Span,
-                report: Option<&'a mut Option<Report>>,
-            ) -> Self::Outcomes
-            where
-                Self: 'a,
-            {
+                report: Option<&mut Option<Report>>,
+            ) -> Self::Outcomes {
                 let started = Instant::now();
                 let ($($query,)+) = self;
                 $(let mut $slot = pin!(Slot::new(&$query, tenant, hooks::load::<$ty>));)+

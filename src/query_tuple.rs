@@ -150,7 +150,7 @@ where
         let load = (*this.load)(*this.query, this.hooks, ctx);
         let lookup = Lookup {
             query: *this.query,
-            tenant: *this.tenant,
+            tenant: this.tenant,
         };
         let name = this.hooks.name;
         this.running.set(Some(Running::new(
@@ -162,7 +162,7 @@ where
         let this = self.project();
         let lookup = Lookup {
             query: *this.query,
-            tenant: *this.tenant,
+            tenant: this.tenant,
         };
         *this.ended = Some(Ended {
             index,
