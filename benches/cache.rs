@@ -4,7 +4,8 @@
 //!
 //! - `cached_6_hits`: `FanOut::run` over six `Cached` queries holding a
 //!   value, against `tokio::join!` of six moka lookups keyed by tenant,
-//!   generation and query name, as a service would write by hand.
+//!   generation and query name, as a service would write by hand
+//!   (`common::cached`, also counted by `benches/instructions.rs`).
 //! - `cached_6_loads`: the same six with a zero TTL, so every call runs a
 //!   load (joined or started, the query, the store), against `FanOut::run`
 //!   over the six queries uncached.
@@ -24,6 +25,9 @@ use fanout::cache::{CachePolicy, Cached, QueryCache};
 use fanout::{DashboardQuery, FanOut, QueryContext, TenantId};
 use futures_util::future::join_all;
 use tokio::runtime::Runtime;
+
+mod common;
+use common::cached::{HandWritten, NAMES};
 
 /// A query that answers at once, or after yielding to the scheduler once
 /// (so that concurrent callers really overlap).
@@ -53,15 +57,6 @@ impl DashboardQuery for Widget {
         0
     }
 }
-
-const NAMES: [&str; 6] = [
-    "total_revenue",
-    "outstanding",
-    "child_count",
-    "invoice_stats",
-    "recent_payments",
-    "arrears",
-];
 
 fn widget(name: &'static str, runs: &Arc<AtomicUsize>) -> Widget {
     Widget {
@@ -95,29 +90,6 @@ async fn run_six<Q: DashboardQuery<Output = i64>>(
     a.value + b.value + c.value + d.value + e.value + f.value
 }
 
-type Key = (TenantId, u64, &'static str);
-
-/// Six lookups by hand: the baseline for hits.
-async fn hand_written_lookups(
-    cache: &moka::future::Cache<Key, Arc<i64>>,
-    tenant: &TenantId,
-) -> i64 {
-    let key = |name| (tenant.clone(), 0_u64, name);
-    let keys = NAMES.map(key);
-    let (a, b, c, d, e, f) = tokio::join!(
-        cache.get(&keys[0]),
-        cache.get(&keys[1]),
-        cache.get(&keys[2]),
-        cache.get(&keys[3]),
-        cache.get(&keys[4]),
-        cache.get(&keys[5]),
-    );
-    [a, b, c, d, e, f]
-        .into_iter()
-        .map(|v| v.map_or(0, |v| *v))
-        .sum()
-}
-
 fn bench_hits(c: &mut Criterion, rt: &Runtime) {
     let runs = Arc::new(AtomicUsize::new(0));
     let cache = QueryCache::new(10_000);
@@ -127,14 +99,7 @@ fn bench_hits(c: &mut Criterion, rt: &Runtime) {
     let fan_out = FanOut::new().timeout(Duration::from_secs(2));
     rt.block_on(run_six(&fan_out, &tenant, &cached));
 
-    let by_hand: moka::future::Cache<Key, Arc<i64>> = moka::future::Cache::new(10_000);
-    rt.block_on(async {
-        for name in NAMES {
-            by_hand
-                .insert((tenant.clone(), 0, name), Arc::new(10))
-                .await;
-        }
-    });
+    let by_hand = rt.block_on(HandWritten::filled(&tenant, 10));
 
     let mut group = c.benchmark_group("cached_6_hits");
     group.throughput(Throughput::Elements(6));
@@ -144,7 +109,7 @@ fn bench_hits(c: &mut Criterion, rt: &Runtime) {
     });
     group.bench_function("hand_written_moka_lookups", |b| {
         b.to_async(rt)
-            .iter(|| async { black_box(hand_written_lookups(&by_hand, &tenant).await) });
+            .iter(|| async { black_box(by_hand.six(&tenant).await) });
     });
     group.finish();
 }

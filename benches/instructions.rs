@@ -8,16 +8,21 @@
 //! cargo bench --bench instructions --no-run
 //! valgrind --tool=callgrind target/release/deps/instructions-* settle ready 100 200
 //! ```
+//!
+//! `run6 prometheus` installs a Prometheus recorder first (for the
+//! `metrics` feature's cost with a recorder); `run6 ready`, none.
 
 use std::hint::black_box;
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use fanout::cache::{CachePolicy, Cached, QueryCache};
 use fanout::{DashboardQuery, FanOut, QueryContext, TenantId};
 use tokio::time::timeout;
 
 mod common;
+use common::cached::{HandWritten, NAMES};
 use common::{TIMEOUT, futures_unordered_timeout, mixed, ready, yield_once};
 
 /// A ready dashboard query.
@@ -69,7 +74,7 @@ fn main() -> ExitCode {
     let [variant, kind, n, iterations] = args.as_slice() else {
         eprintln!("usage: instructions VARIANT KIND N ITERATIONS");
         eprintln!(
-            "  VARIANT: baseline | settle | settle_c64 | run6 | join6;  KIND: ready | yield | mixed"
+            "  VARIANT: baseline | settle | settle_c64 | run6 | join6 | cached6 | lookups6;  KIND: ready | yield | mixed | prometheus"
         );
         return ExitCode::from(2);
     };
@@ -96,7 +101,53 @@ fn main() -> ExitCode {
     );
     let tenant = TenantId::new("creche-042").expect("a valid tenant id");
     let inputs = || 0..n as u64;
+    // Six `Cached` widgets holding a value, and the same by hand.
+    let cache = QueryCache::new(10_000);
+    let policy = CachePolicy::ttl(Duration::from_secs(3600));
+    let [n1, n2, n3, n4, n5, n6] = NAMES;
+    let cached = (
+        Cached::new(Ready(n1, 1), &cache, policy),
+        Cached::new(Ready(n2, 2), &cache, policy),
+        Cached::new(Ready(n3, 3), &cache, policy),
+        Cached::new(Ready(n4, 4), &cache, policy),
+        Cached::new(Ready(n5, 5), &cache, policy),
+        Cached::new(Ready(n6, 6), &cache, policy),
+    );
+    let by_hand = runtime.block_on(async {
+        let (a, b, c, d, e, f) = &cached;
+        dashboard.run(&tenant, (a, b, c, d, e, f)).await;
+        HandWritten::filled(&tenant, 1).await
+    });
+    let _recorder = (kind == "prometheus").then(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("no recorder installed before")
+    });
 
+    if std::env::var_os("SIZES").is_some() {
+        let (a, b, c, d, e, f) = &cached;
+        eprintln!(
+            "run cached6 future: {}",
+            std::mem::size_of_val(&dashboard.run(&tenant, (a, b, c, d, e, f)))
+        );
+        eprintln!(
+            "one Cached load: {}",
+            std::mem::size_of_val(&a.load(QueryContext::new(tenant.clone(), None)))
+        );
+        let (a, b, c, d, e, f) = &six;
+        eprintln!(
+            "run6 future: {}",
+            std::mem::size_of_val(&dashboard.run(&tenant, (a, b, c, d, e, f)))
+        );
+        eprintln!(
+            "lookups6 future: {}",
+            std::mem::size_of_val(&by_hand.six(&tenant))
+        );
+        eprintln!(
+            "join6 future: {}",
+            std::mem::size_of_val(&join_six(&six, &tenant))
+        );
+    }
     let known = runtime.block_on(async {
         for _ in 0..iterations {
             match (variant.as_str(), kind.as_str()) {
@@ -124,6 +175,11 @@ fn main() -> ExitCode {
                     drop(black_box(dashboard.run(&tenant, (a, b, c, d, e, f)).await));
                 }
                 ("join6", _) => drop(black_box(join_six(&six, &tenant).await)),
+                ("cached6", _) => {
+                    let (a, b, c, d, e, f) = &cached;
+                    drop(black_box(dashboard.run(&tenant, (a, b, c, d, e, f)).await));
+                }
+                ("lookups6", _) => drop(black_box(by_hand.six(&tenant).await)),
                 _ => return false,
             }
         }

@@ -3,20 +3,24 @@
 //! limit and shared limiter of a [`FanOut`]. A failed input's stale lookup
 //! runs here too, beside the inputs still in flight and under the same
 //! timers, so nothing a fan-out awaits outlives its deadline.
+//!
+//! The engine decides when inputs start and stop; where they live is its
+//! [`Inputs`]: a [`Queue`](crate::queue::Queue) of inputs of one type for
+//! iterators and slices, or the typed members of a tuple
+//! ([`query_tuple`](crate::query_tuple)), held in place without a box or a
+//! task each.
 
 use std::future::Future;
-use std::iter::{Enumerate, Peekable};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
+use futures_util::stream::Stream;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::fair::{Refused, ShedReason, Ticket};
 use crate::limiter::{FifoWait, Limiter, Permit};
-use crate::running::{Running, panic_message};
+use crate::queue::Queue;
 use crate::{FanOut, Settled, TenantId};
 
 /// One input of a fan-out, not yet started.
@@ -122,18 +126,109 @@ impl<T, E, V> Ended<T, E, V> {
     }
 }
 
-type RunningOf<J> =
-    Running<<J as Job>::Future, <J as Job>::Ok, <J as Job>::Err, <J as Job>::Recover>;
+/// What the engine yields for an input: it notes how long the input
+/// waited to start.
+pub(crate) trait Stamp {
+    fn started_at(&self) -> Instant;
+    fn set_waited(&mut self, waited: Duration);
+}
 
-type EndedOf<J> = Ended<<J as Job>::Ok, <J as Job>::Err, <<J as Job>::Recover as Recover>::Value>;
+impl<T, E, V> Stamp for Ended<T, E, V> {
+    fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
+    fn set_waited(&mut self, waited: Duration) {
+        self.waited = waited;
+    }
+}
+
+/// Why the engine stopped an input, or gave it up without starting it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    TimedOut,
+    DeadlineExceeded,
+    LimiterClosed,
+    Shed,
+}
+
+impl Stop {
+    pub(crate) fn settled<T, E>(self) -> Settled<T, E> {
+        match self {
+            Self::TimedOut => Settled::TimedOut,
+            Self::DeadlineExceeded => Settled::DeadlineExceeded,
+            Self::LimiterClosed => Settled::LimiterClosed,
+            Self::Shed => Settled::Shed,
+        }
+    }
+}
+
+/// Where a fan-out's inputs live: those not started yet, and those
+/// running. The engine tells it what to start and stop, and when.
+pub(crate) trait Inputs {
+    /// What the engine yields for one input.
+    type Ended: Stamp;
+
+    /// Whether an input is left to start.
+    fn has_pending(&mut self) -> bool;
+
+    /// How many inputs are left to start, as the iterator's size hint.
+    fn pending_hint(&self) -> (usize, Option<usize>);
+
+    /// How many inputs are running.
+    fn running(&self) -> usize;
+
+    /// How many inputs were taken so far (started or given up).
+    fn taken(&self) -> usize;
+
+    /// Starts the next input at `now`, holding `permit`; returns `false`
+    /// when none is left. `per_item` is the fan-out's timeout (unless one
+    /// shared timer covers it) and `deadline_at` the fan-out's deadline.
+    fn start_next(
+        &mut self,
+        now: Instant,
+        per_item: Option<Duration>,
+        deadline_at: Option<Instant>,
+        permit: Option<Permit>,
+    ) -> bool;
+
+    /// Gives up the next input without starting it, as `stop` at `at`,
+    /// with one poll of its stale lookup; `None` when none is left.
+    fn skip_next(&mut self, stop: Stop, at: Instant, cx: &mut Context<'_>) -> Option<Self::Ended>;
+
+    /// Polls the running inputs: one that ended, `Pending`, or `None` when
+    /// none is running.
+    fn poll_running(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::Ended>>;
+
+    /// Stops every running input now, as `stop` (each one's own expiry,
+    /// when due too, makes it `TimedOut`); returns them in input order.
+    fn expire_running(
+        &mut self,
+        stop: Stop,
+        now: Instant,
+        cx: &mut Context<'_>,
+    ) -> Vec<Self::Ended>;
+}
+
+/// The expiry of an input starting at `now` with its own `timeout` or else
+/// the fan-out's `per_item`, and its own timer's instant: unset when the
+/// shared deadline comes first. At a tie the own timer is kept, so the
+/// input is `TimedOut` whatever the limits, as when every input shares one
+/// timer.
+pub(crate) fn expiry(
+    now: Instant,
+    timeout: Option<Duration>,
+    per_item: Option<Duration>,
+    deadline_at: Option<Instant>,
+) -> (Option<Instant>, Option<Instant>) {
+    let expiry = timeout.or(per_item).and_then(|t| now.checked_add(t));
+    let own_timer = expiry.filter(|&at| deadline_at.is_none_or(|d| at <= d));
+    (expiry, own_timer)
+}
 
 /// The engine: see the module docs.
-pub(crate) struct Drive<It: Iterator, J: Job> {
-    pending: Contained<Peekable<Enumerate<It>>>,
-    /// How many inputs were taken from the iterator: the number of results
-    /// this fan-out yields, whatever the iterator's size hint said.
-    seen: usize,
-    in_flight: FuturesUnordered<RunningOf<J>>,
+pub(crate) struct Drive<I: Inputs> {
+    inputs: I,
     limit: usize,
     limiter: Option<Limiter>,
     /// The fan-out's wait on a FIFO limiter.
@@ -147,10 +242,13 @@ pub(crate) struct Drive<It: Iterator, J: Job> {
     /// Set when the fair limiter sent this fan-out away: what has not
     /// started never will.
     shed: Option<ShedReason>,
+    /// Whether every input shares the fan-out's timeout (see
+    /// [`Job::UNIFORM_TIMEOUT`]).
+    uniform_timeout: bool,
     timeout: Option<Duration>,
     deadline: Option<Duration>,
     clock: Option<Clock>,
-    expired: Option<Expired<EndedOf<J>>>,
+    expired: Option<Expired<I::Ended>>,
 }
 
 /// Set on the first poll, when the fan-out starts.
@@ -179,27 +277,39 @@ struct Expired<E> {
     at: Instant,
 }
 
-// Nothing in a `Drive` is pinned in place: started inputs live in
-// `FuturesUnordered`'s own allocations and pending ones are only moved.
-impl<It: Iterator, J: Job> Unpin for Drive<It, J> {}
+// Nothing in a `Drive` is pinned through it: a queue's started inputs live
+// in `FuturesUnordered`'s own allocations and pending ones are only moved;
+// a tuple's members are pinned by the caller, the drive holds references.
+impl<I: Inputs> Unpin for Drive<I> {}
 
-impl<It, J> Drive<It, J>
+impl<It, J> Drive<Queue<It, J>>
 where
     It: Iterator<Item = J>,
     J: Job,
 {
-    /// The engine of one fan-out, for `tenant` when it has one (a fair
-    /// limiter puts each tenant in a line of its own).
+    /// The engine of one fan-out over `jobs`, for `tenant` when it has one
+    /// (a fair limiter puts each tenant in a line of its own).
     pub(crate) fn new(plan: &FanOut, tenant: Option<&TenantId>, jobs: It) -> Self {
+        Self::with_inputs(plan, tenant, Queue::new(jobs), J::UNIFORM_TIMEOUT)
+    }
+}
+
+impl<I: Inputs> Drive<I> {
+    /// The engine of one fan-out over `inputs`; `uniform_timeout` as
+    /// [`Job::UNIFORM_TIMEOUT`].
+    pub(crate) fn with_inputs(
+        plan: &FanOut,
+        tenant: Option<&TenantId>,
+        inputs: I,
+        uniform_timeout: bool,
+    ) -> Self {
         let limiter = plan.shared_limiter().cloned();
         let tenant = match limiter {
             Some(Limiter::Fair(_)) => tenant.cloned(),
             _ => None,
         };
         Self {
-            pending: Contained(Some(jobs.enumerate().peekable())),
-            seen: 0,
-            in_flight: FuturesUnordered::new(),
+            inputs,
             limit: plan.concurrency_limit().map_or(usize::MAX, |n| n.get()),
             limiter,
             fifo: FifoWait::default(),
@@ -208,6 +318,7 @@ where
             queue_length: None,
             limiter_closed: false,
             shed: None,
+            uniform_timeout,
             timeout: plan.per_item_timeout(),
             deadline: plan.whole_deadline(),
             clock: None,
@@ -218,7 +329,7 @@ where
     /// How many inputs the fan-out has taken so far; once the stream has
     /// ended, how many it had in all.
     pub(crate) fn seen(&self) -> usize {
-        self.seen
+        self.inputs.taken()
     }
 
     /// The fair limiter's queue length (permits wanted by other fan-outs)
@@ -227,16 +338,10 @@ where
         self.queue_length
     }
 
-    fn next_job(&mut self) -> Option<(usize, J)> {
-        let next = self.pending.next()?;
-        self.seen += 1;
-        Some(next)
-    }
-
     fn start_clock(&self, now: Instant) -> Clock {
         let deadline_at = self.deadline.and_then(|d| now.checked_add(d));
         let all_start_now = self.limit == usize::MAX && self.limiter.is_none();
-        if J::UNIFORM_TIMEOUT && all_start_now {
+        if self.uniform_timeout && all_start_now {
             // Every input starts now with the same timeout, so they all
             // expire together: one timer serves the whole fan-out.
             let timeout_at = self.timeout.and_then(|t| now.checked_add(t));
@@ -272,23 +377,21 @@ where
     /// coarse clock later polls can read the same instant.) A slot that
     /// frees exactly at the deadline starts nothing: that input would be
     /// cut off the moment it was sent.
-    fn start_inputs(&mut self, now: Instant, cx: &mut Context<'_>) -> Option<EndedOf<J>> {
+    fn start_inputs(&mut self, now: Instant, cx: &mut Context<'_>) -> Option<I::Ended> {
         let (deadline_at, per_item) = match &self.clock {
             Some(clock) if !clock.first_poll_done || clock.deadline_at.is_none_or(|d| now < d) => {
                 (clock.deadline_at, clock.per_item)
             }
             _ => return None,
         };
-        while self.in_flight.len() < self.limit && self.pending.peek().is_some() {
+        while self.inputs.running() < self.limit && self.inputs.has_pending() {
             let permit = match &self.limiter {
                 None => None,
                 Some(_) if self.limiter_closed => {
-                    let (index, job) = self.next_job()?;
-                    return Some(not_started(index, job, Settled::LimiterClosed, now, cx));
+                    return self.inputs.skip_next(Stop::LimiterClosed, now, cx);
                 }
                 Some(_) if self.shed.is_some() => {
-                    let (index, job) = self.next_job()?;
-                    return Some(not_started(index, job, Settled::Shed, now, cx));
+                    return self.inputs.skip_next(Stop::Shed, now, cx);
                 }
                 Some(Limiter::Fifo(semaphore)) => match self.fifo.poll_permit(semaphore, cx) {
                     Poll::Pending => break,
@@ -301,8 +404,8 @@ where
                 Some(Limiter::Fair(fair)) => {
                     // All it could start now: its free slots, or what is
                     // left of its inputs if fewer.
-                    let wanted = (self.limit - self.in_flight.len())
-                        .min(self.pending.size_hint().0)
+                    let wanted = (self.limit - self.inputs.running())
+                        .min(self.inputs.pending_hint().0)
                         .max(1);
                     let ticket = self
                         .ticket
@@ -321,7 +424,7 @@ where
                                         reason = reason.label(),
                                         queue_length = self.queue_length,
                                         waited_ms = self.waited_ms(now),
-                                        left = self.pending.size_hint().0,
+                                        left = self.inputs.pending_hint().0,
                                         "queries shed"
                                     );
                                     self.shed = Some(reason);
@@ -332,21 +435,11 @@ where
                     }
                 }
             };
-            let Some((index, job)) = self.next_job() else {
+            if !self.inputs.start_next(now, per_item, deadline_at, permit) {
                 break;
-            };
-            let expiry = job.timeout().or(per_item).and_then(|t| now.checked_add(t));
-            // Its own timer unless the shared one fires first. At a tie the
-            // own timer is kept, so the input is `TimedOut` whatever the
-            // limits, as when every input shares one timer.
-            let own_timer = expiry.filter(|&at| deadline_at.is_none_or(|d| at <= d));
-            let name = job.name();
-            let (input, recover) = job.start(earliest(expiry, deadline_at));
-            self.in_flight.push(Running::new(
-                input, recover, index, name, now, own_timer, permit,
-            ));
+            }
         }
-        if self.pending.peek().is_none() {
+        if !self.inputs.has_pending() {
             // Nothing left to start: leave the line, handing back what
             // was granted and not taken.
             self.ticket = None;
@@ -362,9 +455,13 @@ where
     }
 
     /// Notes how long `ended` waited before it started (or was given up).
-    fn stamped(&self, mut ended: EndedOf<J>) -> EndedOf<J> {
+    fn stamped(&self, mut ended: I::Ended) -> I::Ended {
         if let Some(clock) = &self.clock {
-            ended.waited = ended.started_at.saturating_duration_since(clock.started);
+            // Most inputs start with the fan-out: no subtraction for them.
+            let started_at = ended.started_at();
+            if started_at != clock.started {
+                ended.set_waited(started_at.saturating_duration_since(clock.started));
+            }
         }
         ended
     }
@@ -372,20 +469,12 @@ where
     /// The shared timer fired: every input still running stops now, after
     /// one last poll of it and then of its stale lookup.
     fn expire(&mut self, timed_out: bool, now: Instant, cx: &mut Context<'_>) {
-        let cause = || {
-            if timed_out {
-                Settled::TimedOut
-            } else {
-                Settled::DeadlineExceeded
-            }
+        let stop = if timed_out {
+            Stop::TimedOut
+        } else {
+            Stop::DeadlineExceeded
         };
-        let mut running: Vec<EndedOf<J>> = Pin::new(&mut self.in_flight)
-            .iter_pin_mut()
-            .map(|input| input.expire(cause(), now, cx))
-            .collect();
-        running.sort_unstable_by_key(|ended| ended.index);
-        // Each input and lookup is dropped already; these are empty shells.
-        self.in_flight.clear();
+        let running = self.inputs.expire_running(stop, now, cx);
         self.fifo.cancel();
         self.ticket = None;
         self.expired = Some(Expired {
@@ -394,23 +483,18 @@ where
         });
     }
 
-    fn next_expired(&mut self, cx: &mut Context<'_>) -> Option<EndedOf<J>> {
+    fn next_expired(&mut self, cx: &mut Context<'_>) -> Option<I::Ended> {
         let expired = self.expired.as_mut()?;
         if let Some(ended) = expired.running.next() {
             return Some(ended);
         }
         let at = expired.at;
-        let (index, job) = self.next_job()?;
-        Some(not_started(index, job, Settled::DeadlineExceeded, at, cx))
+        self.inputs.skip_next(Stop::DeadlineExceeded, at, cx)
     }
 }
 
-impl<It, J> Stream for Drive<It, J>
-where
-    It: Iterator<Item = J>,
-    J: Job,
-{
-    type Item = EndedOf<J>;
+impl<I: Inputs> Stream for Drive<I> {
+    type Item = I::Ended;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -419,8 +503,8 @@ where
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let (low, high) = self.pending.size_hint();
-        let running = self.in_flight.len() + self.expired.as_ref().map_or(0, |e| e.running.len());
+        let (low, high) = self.inputs.pending_hint();
+        let running = self.inputs.running() + self.expired.as_ref().map_or(0, |e| e.running.len());
         (
             low.saturating_add(running),
             high.and_then(|h| h.checked_add(running)),
@@ -428,21 +512,29 @@ where
     }
 }
 
-impl<It, J> Drive<It, J>
-where
-    It: Iterator<Item = J>,
-    J: Job,
-{
-    fn poll_ended(&mut self, cx: &mut Context<'_>) -> Poll<Option<EndedOf<J>>> {
+impl<I: Inputs> Drive<I> {
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> Poll<Option<I::Ended>> {
         let this = self;
         if this.expired.is_some() {
             return Poll::Ready(this.next_expired(cx));
         }
-        let now = Instant::now();
+        // The clock is read when something needs it: starting inputs, or
+        // checking the shared timer. A poll that only collects an input
+        // that ended, the common one, reads nothing.
+        let mut now = None;
         if this.clock.is_none() {
-            this.clock = Some(this.start_clock(now));
+            let at = *now.get_or_insert_with(Instant::now);
+            this.clock = Some(this.start_clock(at));
         }
-        let started = this.start_inputs(now, cx);
+        let started = match this.inputs.has_pending() {
+            true => this.start_inputs(*now.get_or_insert_with(Instant::now), cx),
+            false => {
+                // Nothing left to start: leave the line, handing back
+                // what was granted and not taken.
+                this.ticket = None;
+                None
+            }
+        };
         // The first poll is over once it has started what it could; one
         // that returned early (a closed limiter) goes on at the next poll.
         if started.is_none()
@@ -455,13 +547,14 @@ where
         }
         // Inputs are polled before the shared timer, so an input that is
         // ready is never reported as expired.
-        match this.in_flight.poll_next_unpin(cx) {
+        match this.inputs.poll_running(cx) {
             Poll::Ready(Some(ended)) => return Poll::Ready(Some(ended)),
-            Poll::Ready(None) if this.pending.peek().is_none() => return Poll::Ready(None),
+            Poll::Ready(None) if !this.inputs.has_pending() => return Poll::Ready(None),
             // Empty but inputs remain: waiting for a limiter permit, or
             // past the shared expiry with inputs never started.
             Poll::Ready(None) | Poll::Pending => {}
         }
+        let now = *now.get_or_insert_with(Instant::now);
         if let Some(clock) = this.clock.as_mut()
             && let Some(at) = clock.shared_at
             // The clock is checked as well as the timer: a timer armed at
@@ -479,87 +572,6 @@ where
             return Poll::Ready(this.next_expired(cx));
         }
         Poll::Pending
-    }
-}
-
-/// An input that never started: it settles as `settled` at `at`, with one
-/// poll of its stale lookup.
-fn not_started<J: Job>(
-    index: usize,
-    job: J,
-    settled: Settled<J::Ok, J::Err>,
-    at: Instant,
-    cx: &mut Context<'_>,
-) -> EndedOf<J> {
-    let name = job.name();
-    // `skip` drops what never ran (a plain future): its `Drop` may panic.
-    let (settled, stale) = match catch_unwind(AssertUnwindSafe(|| job.skip())) {
-        Ok(recover) => (
-            settled,
-            recover.recover().and_then(|lookup| poll_once(lookup, cx)),
-        ),
-        Err(payload) => (Settled::Panicked(panic_message(&*payload)), None),
-    };
-    Ended {
-        index,
-        name,
-        settled,
-        stale,
-        started_at: at,
-        ended_at: at,
-        waited: Duration::ZERO,
-    }
-}
-
-/// One poll of a stale lookup for an input that never started, its panics
-/// (in `poll` and in `Drop`) counted as "no stale value".
-fn poll_once<F: Future<Output = Option<V>>, V>(lookup: F, cx: &mut Context<'_>) -> Option<V> {
-    let mut lookup = std::pin::pin!(Some(lookup));
-    let found = catch_unwind(AssertUnwindSafe(|| {
-        lookup.as_mut().as_pin_mut().map(|lookup| lookup.poll(cx))
-    }));
-    let dropped = catch_unwind(AssertUnwindSafe(|| lookup.set(None)));
-    match (found, dropped) {
-        (Ok(Some(Poll::Ready(found))), Ok(())) => found,
-        (Err(payload), _) | (_, Err(payload)) => {
-            tracing::error!(error = %panic_message(&*payload), "stale lookup panicked");
-            None
-        }
-        _ => None,
-    }
-}
-
-/// The inputs not yet taken, dropped inside `catch_unwind` when a fan-out
-/// is dropped before it took them all: an iterator of ready-made futures
-/// (an array, a `Vec`) drops user futures, whose `Drop` may panic. (Two
-/// such panics in one drop abort the process, as in any Rust collection:
-/// a second panic while unwinding cannot be caught.)
-struct Contained<T>(Option<T>);
-
-impl<T> std::ops::Deref for Contained<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        self.0
-            .as_ref()
-            .expect("fanout bug: pending inputs used after drop")
-    }
-}
-
-impl<T> std::ops::DerefMut for Contained<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        self.0
-            .as_mut()
-            .expect("fanout bug: pending inputs used after drop")
-    }
-}
-
-impl<T> Drop for Contained<T> {
-    fn drop(&mut self) {
-        let pending = &mut self.0;
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(pending.take()))) {
-            tracing::error!(error = %panic_message(&*payload), "input panicked while being dropped");
-        }
     }
 }
 

@@ -461,13 +461,16 @@ impl FanOut {
     /// # Cancel safety
     ///
     /// Dropping the returned future drops every query still in flight.
-    pub async fn run<Q: QuerySet>(&self, tenant: &TenantId, queries: Q) -> Q::Outcomes {
+    // Not an `async fn`: the set's own future is returned as it is, so a
+    // tuple's queries, held inline in it, are not copied into a second
+    // future around it (a cached tuple's state is several kilobytes).
+    pub fn run<Q: QuerySet>(
+        &self,
+        tenant: &TenantId,
+        queries: Q,
+    ) -> impl Future<Output = Q::Outcomes> + Send {
         let span = tracing::info_span!("fan_out", tenant = %tenant);
-        queries
-            .run_set(self, tenant, false)
-            .instrument(span)
-            .await
-            .0
+        queries.run_set(self, tenant, span, None)
     }
 
     /// [`run`](Self::run), also returning a [`Report`]: the whole
@@ -491,7 +494,8 @@ impl FanOut {
         queries: Q,
     ) -> (Q::Outcomes, Report) {
         let span = tracing::info_span!("fan_out", tenant = %tenant);
-        let (outcomes, report) = queries.run_set(self, tenant, true).instrument(span).await;
+        let mut report = None;
+        let outcomes = queries.run_set(self, tenant, span, Some(&mut report)).await;
         let report =
             report.unwrap_or_else(|| Report::new(tenant, Duration::ZERO, Vec::new(), None));
         (outcomes, report)

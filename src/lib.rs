@@ -192,6 +192,7 @@ mod query;
 mod query_set;
 mod query_stream;
 mod query_tuple;
+mod queue;
 mod report;
 mod resolve;
 mod running;

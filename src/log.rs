@@ -71,7 +71,8 @@ pub(crate) fn query_finished(
 ) {
     let tenant = tenant.as_str();
     let outcome = source.label();
-    let elapsed_ms = millis(elapsed);
+    // A closure, called inside the macros: only when the event is enabled.
+    let elapsed_ms = || millis(elapsed);
     match source {
         Source::Fallback(Failure::Shed)
         | Source::Stale {
@@ -85,13 +86,19 @@ pub(crate) fn query_finished(
             stale = matches!(source, Source::Stale { .. }),
             "query shed under load; not started"
         ),
-        Source::Fresh => tracing::debug!(tenant, query, outcome, elapsed_ms, "query succeeded"),
+        Source::Fresh => tracing::debug!(
+            tenant,
+            query,
+            outcome,
+            elapsed_ms = elapsed_ms(),
+            "query succeeded"
+        ),
         Source::Cached { age } | Source::Refreshing { age } => {
             tracing::debug!(
                 tenant,
                 query,
                 outcome,
-                elapsed_ms,
+                elapsed_ms = elapsed_ms(),
                 age_ms = millis(*age),
                 "served from cache"
             )
@@ -100,7 +107,7 @@ pub(crate) fn query_finished(
             tenant,
             query,
             outcome,
-            elapsed_ms,
+            elapsed_ms = elapsed_ms(),
             age_ms = millis(*age),
             cause = cause.label(),
             error = %detail(cause),
@@ -110,7 +117,7 @@ pub(crate) fn query_finished(
             tenant,
             query,
             outcome,
-            elapsed_ms,
+            elapsed_ms = elapsed_ms(),
             error = %detail(failure),
             "query panicked; using its fallback"
         ),
@@ -118,7 +125,7 @@ pub(crate) fn query_finished(
             tenant,
             query,
             outcome,
-            elapsed_ms,
+            elapsed_ms = elapsed_ms(),
             error = %detail(failure),
             "query failed; using its fallback"
         ),

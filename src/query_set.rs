@@ -2,10 +2,13 @@
 //! 1 to 12 queries of any types, and `Vec`s of one query type.
 
 use std::future::Future;
+use std::pin::{Pin, pin};
 
 use futures_util::StreamExt;
 use tokio::time::Instant;
+use tracing::{Instrument, Span};
 
+use crate::hooks;
 use crate::in_order::InOrder;
 use crate::query_stream::{self, QueueLength};
 use crate::query_tuple::{self, Member, Slot};
@@ -52,15 +55,17 @@ pub trait QuerySet: sealed::Sealed {
     /// [`Outcome`]s for a tuple, `Vec<Outcome<_>>` for a `Vec`.
     type Outcomes;
 
-    /// Runs the set; call [`FanOut::run`] or [`FanOut::run_with_report`]
+    /// Runs the set inside `span`, writing its [`Report`] to `report` when
+    /// asked for one; call [`FanOut::run`] or [`FanOut::run_with_report`]
     /// instead.
     #[doc(hidden)]
     fn run_set(
         self,
         fan_out: &FanOut,
         tenant: &TenantId,
-        report: bool,
-    ) -> impl Future<Output = (Self::Outcomes, Option<Report>)> + Send;
+        span: Span,
+        report: Option<&mut Option<Report>>,
+    ) -> impl Future<Output = Self::Outcomes> + Send;
 }
 
 pub(crate) mod sealed {
@@ -79,29 +84,40 @@ impl<Q: DashboardQuery> QuerySet for Vec<Q> {
         self,
         fan_out: &FanOut,
         tenant: &TenantId,
-        report: bool,
-    ) -> (Self::Outcomes, Option<Report>) {
+        span: Span,
+        report: Option<&mut Option<Report>>,
+    ) -> Self::Outcomes {
+        let wanted = report.is_some();
         let started = Instant::now();
         let mut outcomes = InOrder::new(self.len());
-        let mut names = InOrder::new(if report { self.len() } else { 0 });
+        let mut names = InOrder::new(if wanted { self.len() } else { 0 });
         let mut stream = query_stream::stream(fan_out, tenant, &self);
-        while let Some((index, name, outcome)) = stream.next().await {
-            if report {
-                names.place(index, name);
+        async {
+            while let Some((index, name, outcome)) = stream.next().await {
+                if wanted {
+                    names.place(index, name);
+                }
+                outcomes.place(index, outcome);
             }
-            outcomes.place(index, outcome);
         }
+        .instrument(span)
+        .await;
         let outcomes = outcomes.finish(self.len());
-        let report = report.then(|| {
+        if let Some(report) = report {
             let queries = names
                 .finish(self.len())
                 .into_iter()
                 .zip(&outcomes)
                 .map(|(name, outcome)| QueryReport::new(name, outcome))
                 .collect();
-            Report::new(tenant, started.elapsed(), queries, stream.queue_length())
-        });
-        (outcomes, report)
+            *report = Some(Report::new(
+                tenant,
+                started.elapsed(),
+                queries,
+                stream.queue_length(),
+            ));
+        }
+        outcomes
     }
 }
 
@@ -116,32 +132,38 @@ macro_rules! tuple_query_set {
                 self,
                 fan_out: &FanOut,
                 tenant: &TenantId,
-                report: bool,
-            ) -> (Self::Outcomes, Option<Report>) {
+                span: Span,
+                report: Option<&mut Option<Report>>,
+            ) -> Self::Outcomes {
                 let started = Instant::now();
                 let ($($query,)+) = self;
-                $(let $slot = Slot::new(&$query);)+
-                let members: &[&dyn Member] = &[$(&$slot),+];
-                let (ended, queue_length) = query_tuple::run(fan_out, tenant, members).await;
-                let longest_wait = ended.iter().map(|e| e.waited).max().unwrap_or_default();
-                let mut ended = ended.into_iter();
+                $(let mut $slot = pin!(Slot::new(&$query, tenant, hooks::load::<$ty>));)+
+                // Only the engine's future is instrumented, and the rest runs
+                // in the span without one: the queries are held inline here,
+                // and a wrapper around this future would copy them.
+                let (waited, queue_length) = {
+                    let mut members = [$($slot.as_mut() as Pin<&mut dyn Member>),+];
+                    query_tuple::run(fan_out, tenant, &mut members)
+                        .instrument(span.clone())
+                        .await
+                };
+                let _entered = span.enter();
+                let longest_wait = waited.iter().copied().max().unwrap_or_default();
+                let mut waited = waited.into_iter();
                 let names = [$($slot.name()),+];
-                let outcomes = ($($slot.outcome(
-                    tenant,
-                    ended.next().expect("fanout bug: a tuple query has no result"),
-                ),)+);
+                let outcomes = ($($slot.as_mut().outcome(waited.next().unwrap_or_default()),)+);
                 let elapsed = started.elapsed();
                 fan_out_finished(elapsed, longest_wait, queue_length);
-                let report = report.then(|| {
+                if let Some(report) = report {
                     let ($($slot,)+) = &outcomes;
                     let mut names = names.into_iter();
                     let queries = vec![$(QueryReport::new(
                         names.next().unwrap_or_default(),
                         $slot,
                     )),+];
-                    Report::new(tenant, elapsed, queries, queue_length)
-                });
-                (outcomes, report)
+                    *report = Some(Report::new(tenant, elapsed, queries, queue_length));
+                }
+                outcomes
             }
         }
     };

@@ -127,7 +127,7 @@ pub(crate) trait QueueLength {
     fn queue_length(&self) -> Option<usize>;
 }
 
-impl<It: Iterator<Item = J>, J: crate::drive::Job> QueueLength for Drive<It, J> {
+impl<I: crate::drive::Inputs> QueueLength for Drive<I> {
     fn queue_length(&self) -> Option<usize> {
         Drive::queue_length(self)
     }

@@ -8,6 +8,8 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::{error::Elapsed, timeout};
 
+pub mod cached;
+
 /// The per-input timeout of every bench: never reached.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
