@@ -1,7 +1,8 @@
 //! The dashboard service of `examples/dashboard_server` over real HTTP and
 //! WebSocket on loopback, against a real PostgreSQL: JSON, Server-Sent
 //! Events, authentication, errors, live updates from committed payments,
-//! limits and several instances.
+//! limits and several instances; and the dashboard page in headless
+//! Chromium (browser.rs).
 //!
 //! Each server runs on a runtime of its own thread, as a process would:
 //! stopping it ends every task and connection it had, so a test can
@@ -33,6 +34,7 @@ mod widgets;
 mod writer;
 
 mod auth_and_errors;
+mod browser;
 mod json;
 mod live;
 
