@@ -1,7 +1,9 @@
 //! The dashboard page in a real browser: headless Chromium driven through
-//! chromedriver (WebDriver) signs in with a token, shows the six widgets
-//! live, and shows a committed payment without a reload. A screenshot is
-//! left in `target/browser-dashboard.png` for a person to look at.
+//! chromedriver (WebDriver) turns away a forged token, signs in with a good
+//! one, shows the six widgets live and a committed payment without a
+//! reload, and after a server restart reconnects by itself to the current
+//! values. A screenshot is left in `target/browser-dashboard.png` for a
+//! person to look at.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`scripts/test` installs
 //! them); without them the test fails saying so, it never skips.
@@ -18,7 +20,8 @@ use serde_json::{Value, json};
 
 use crate::{Options, Server, db, serve, tenant, token, widgets, writer};
 
-const INSTALL: &str = "apt-get install chromium chromium-driver (scripts/test installs them when missing)";
+const INSTALL: &str =
+    "apt-get install chromium chromium-driver (scripts/test installs them when missing)";
 const WIDGETS: [&str; 6] = widgets::NAMES;
 const SCREENSHOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/browser-dashboard.png");
 
@@ -66,7 +69,10 @@ impl Driver {
             if let Ok(Some(status)) = driver.child.try_wait() {
                 panic!("chromedriver exited at start-up ({status})");
             }
-            assert!(Instant::now() < until, "chromedriver did not listen on {port} within 20 s");
+            assert!(
+                Instant::now() < until,
+                "chromedriver did not listen on {port} within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         driver
@@ -87,7 +93,7 @@ impl Drop for Driver {
 /// value, source and latency, the events, the token it remembers, and
 /// whether `window.browserTestMarker` (gone after a reload) is still set.
 async fn page(client: &Client) -> Value {
-    let script = r#"
+    let script = r##"
         const text = (root, selector) => {
             const element = root.querySelector(selector);
             return element ? element.textContent.trim() : null;
@@ -107,7 +113,7 @@ async fn page(client: &Client) -> Value {
             remembered: sessionStorage.getItem("fanout-dashboard-token"),
             marker: window.browserTestMarker === true,
         };
-    "#;
+    "##;
     client
         .execute(script, Vec::new())
         .await
@@ -116,7 +122,12 @@ async fn page(client: &Client) -> Value {
 
 /// Polls the page until `done` holds, for at most `limit`; panics with the
 /// last reading, naming `what`.
-async fn until(client: &Client, what: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+async fn until(
+    client: &Client,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let started = Instant::now();
     loop {
         let shown = page(client).await;
@@ -144,7 +155,9 @@ fn all_widgets_shown(shown: &Value) -> bool {
 async fn revenue(server: &Server, tenant: &str) -> i64 {
     let response = server
         .client(tenant)
-        .get(&format!("/tenants/{tenant}/dashboard?widgets=total_revenue"))
+        .get(&format!(
+            "/tenants/{tenant}/dashboard?widgets=total_revenue"
+        ))
         .await;
     let json = response.json();
     json["widgets"][0]["value"]
@@ -153,7 +166,7 @@ async fn revenue(server: &Server, tenant: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_signs_in_shows_six_live_widgets_and_a_payment_without_reload() {
+async fn the_page_shows_six_live_widgets_a_payment_without_reload_and_reconnects_after_a_restart() {
     let (Some(chromium), Some(chromedriver)) = (find("chromium"), find("chromedriver")) else {
         panic!("the browser test needs chromium and chromedriver: {INSTALL}");
     };
@@ -192,24 +205,34 @@ async fn the_page_signs_in_shows_six_live_widgets_and_a_payment_without_reload()
     let signed_out = page(&client).await;
     assert_eq!(signed_out["state"], "signed out", "{signed_out:#}");
 
+    // A token signed with another secret: the page shows the server's 401
+    // error and stays there.
+    let forged = crate::auth::Auth::new(b"not-the-servers-secret-0123456789").token(
+        "test-user",
+        &tenant,
+        Duration::from_secs(3600),
+    );
+    sign_in(&client, &forged).await;
+    until(
+        &client,
+        "a forged token rejected",
+        Duration::from_secs(10),
+        |shown| {
+            shown["state"]
+                .as_str()
+                .is_some_and(|state| state.starts_with("rejected: "))
+        },
+    )
+    .await;
+
     let jwt = token(&tenant);
-    client
-        .find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(&jwt)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("#sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let shown = until(&client, "six widgets and a live connection", Duration::from_secs(20), |shown| {
-        shown["state"] == "live" && all_widgets_shown(shown)
-    })
+    sign_in(&client, &jwt).await;
+    let shown = until(
+        &client,
+        "six widgets and a live connection",
+        Duration::from_secs(20),
+        |shown| shown["state"] == "live" && all_widgets_shown(shown),
+    )
     .await;
     assert_eq!(shown["remembered"], jwt.as_str());
     let before = revenue(&server, &tenant).await;
@@ -224,21 +247,21 @@ async fn the_page_signs_in_shows_six_live_widgets_and_a_payment_without_reload()
         .execute("window.browserTestMarker = true;", Vec::new())
         .await
         .unwrap();
-    let mut db = db::connect(&server.config).await.unwrap();
-    let paid = match writer::pay(&mut db, &TenantId::new(&tenant).unwrap(), 4321)
-        .await
-        .unwrap()
-    {
-        writer::Wrote::Payment { amount_cents } => amount_cents,
-        other => panic!("{tenant}: {other:?}"),
-    };
+    let paid = pay(&server.config, &tenant, 4321).await;
     let expected = widgets::Cents(before + paid).to_string();
-    let shown = until(&client, "the payment on the page", Duration::from_secs(10), |shown| {
-        shown["widgets"]["total_revenue"]["value"] == expected.as_str()
-            && shown["events"]
-                .as_array()
-                .is_some_and(|events| events.iter().any(|e| e.as_str().is_some_and(|e| e.contains("payment_received"))))
-    })
+    let shown = until(
+        &client,
+        "the payment on the page",
+        Duration::from_secs(10),
+        |shown| {
+            shown["widgets"]["total_revenue"]["value"] == expected.as_str()
+                && shown["events"].as_array().is_some_and(|events| {
+                    events
+                        .iter()
+                        .any(|e| e.as_str().is_some_and(|e| e.contains("payment_received")))
+                })
+        },
+    )
     .await;
     assert_eq!(shown["marker"], true, "the page reloaded: {shown:#}");
     assert_eq!(shown["state"], "live", "{shown:#}");
@@ -246,7 +269,78 @@ async fn the_page_signs_in_shows_six_live_widgets_and_a_payment_without_reload()
     let png = client.screenshot().await.unwrap();
     std::fs::create_dir_all(Path::new(SCREENSHOT).parent().unwrap()).unwrap();
     std::fs::write(SCREENSHOT, png).unwrap_or_else(|e| panic!("writing {SCREENSHOT}: {e}"));
+
+    // The server restarts: the page says it is reconnecting, then is live
+    // again with what was committed while no server ran, still without a
+    // reload (it resumes with its last version, unknown to the new
+    // process, so it gets a snapshot).
+    let (config, port) = (server.config.clone(), server.address.port());
+    server.stop().await;
+    until(
+        &client,
+        "reconnecting after the server stopped",
+        Duration::from_secs(10),
+        |shown| {
+            shown["state"]
+                .as_str()
+                .is_some_and(|state| state.starts_with("reconnecting in "))
+        },
+    )
+    .await;
+    let paid_offline = pay(&config, &tenant, 1111).await;
+    let server = serve(
+        "fanout-test-browser",
+        Options {
+            schema: Some("fanout_browser"),
+            port: Some(port),
+            ..Options::default()
+        },
+    )
+    .await;
+    let expected = widgets::Cents(before + paid + paid_offline).to_string();
+    // The backoff's ceilings while the server was down add up to a few
+    // seconds; one more full-jitter wait is 8 s at most at this point.
+    let shown = until(
+        &client,
+        "live again after the restart",
+        Duration::from_secs(40),
+        |shown| {
+            shown["state"] == "live"
+                && shown["widgets"]["total_revenue"]["value"] == expected.as_str()
+        },
+    )
+    .await;
+    assert_eq!(shown["marker"], true, "the page reloaded: {shown:#}");
+
     client.close().await.unwrap();
     drop(driver);
     server.stop().await;
+}
+
+/// Types `jwt` into the page's token field (replacing what is there) and
+/// clicks "Sign in".
+async fn sign_in(client: &Client, jwt: &str) {
+    let field = client.find(Locator::Css("#token")).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(jwt).await.unwrap();
+    client
+        .find(Locator::Css("#sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Commits a payment of up to `cents` for `tenant` (see `writer::pay`):
+/// the amount paid.
+async fn pay(config: &tokio_postgres::Config, tenant: &str, cents: i64) -> i64 {
+    let mut client = db::connect(config).await.unwrap();
+    match writer::pay(&mut client, &TenantId::new(tenant).unwrap(), cents)
+        .await
+        .unwrap()
+    {
+        writer::Wrote::Payment { amount_cents } => amount_cents,
+        other => panic!("{tenant}: {other:?}"),
+    }
 }
