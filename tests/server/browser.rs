@@ -170,10 +170,16 @@ async fn the_page_shows_six_live_widgets_a_payment_without_reload_and_reconnects
     let (Some(chromium), Some(chromedriver)) = (find("chromium"), find("chromedriver")) else {
         panic!("the browser test needs chromium and chromedriver: {INSTALL}");
     };
+    // Chromium keeps the cores busy for seconds: not beside the tests
+    // that time things.
+    let _alone = crate::TIMING.lock().await;
     let server = serve(
         "fanout-test-browser",
         Options {
             schema: Some("fanout_browser"),
+            // Its payments for tenant-0001 must not reach the other tests'
+            // servers, which count their tenant's events.
+            database: Some("fanout_browser"),
             ..Options::default()
         },
     )
@@ -292,6 +298,9 @@ async fn the_page_shows_six_live_widgets_a_payment_without_reload_and_reconnects
         "fanout-test-browser",
         Options {
             schema: Some("fanout_browser"),
+            // Its payments for tenant-0001 must not reach the other tests'
+            // servers, which count their tenant's events.
+            database: Some("fanout_browser"),
             port: Some(port),
             ..Options::default()
         },

@@ -529,6 +529,9 @@ async fn many_clients_of_many_tenants_under_random_payments_see_only_their_own()
         "fanout-test-live-isolation",
         Options {
             schema: Some("fanout_live_isolation"),
+            // It counts each tenant's events: the other tests' payments
+            // (same tenant ids, same channel) must not reach it.
+            database: Some("fanout_live_isolation"),
             ..Options::default()
         },
     )
@@ -569,7 +572,7 @@ async fn many_clients_of_many_tenants_under_random_payments_see_only_their_own()
         let i = (state % 3) as usize;
         pay(&server, &tenants[i], 100 + (state % 900) as i64).await;
         paid[i] += 1;
-        tokio::time::sleep(Duration::from_millis((state % 60) as u64)).await;
+        tokio::time::sleep(Duration::from_millis(state % 60)).await;
     }
     for reader in readers {
         let (i, messages) = reader.await.unwrap();
