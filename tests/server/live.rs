@@ -477,6 +477,10 @@ async fn a_client_that_never_reads_does_not_delay_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connect_disconnect_cycles_leave_nothing_behind() {
+    // Not beside the browser test: with Chromium busy on the same cores,
+    // 2 to 6 of this server's tasks outlive the 10 s drain below (seen
+    // every time the two ran together, never alone; not yet explained).
+    let _alone = crate::TIMING.lock().await;
     let server = serve_cycles().await;
     let a = tenant(1);
     let tasks_before = server.runtime.metrics().num_alive_tasks();
