@@ -477,6 +477,10 @@ async fn a_client_that_never_reads_does_not_delay_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connect_disconnect_cycles_leave_nothing_behind() {
+    // Not beside the browser test: with Chromium busy on the same cores,
+    // 2 to 6 of this server's tasks outlive the 10 s drain below (seen
+    // every time the two ran together, never alone; not yet explained).
+    let _alone = crate::TIMING.lock().await;
     let server = serve_cycles().await;
     let a = tenant(1);
     let tasks_before = server.runtime.metrics().num_alive_tasks();
@@ -529,6 +533,9 @@ async fn many_clients_of_many_tenants_under_random_payments_see_only_their_own()
         "fanout-test-live-isolation",
         Options {
             schema: Some("fanout_live_isolation"),
+            // It counts each tenant's events: the other tests' payments
+            // (same tenant ids, same channel) must not reach it.
+            database: Some("fanout_live_isolation"),
             ..Options::default()
         },
     )
@@ -569,7 +576,7 @@ async fn many_clients_of_many_tenants_under_random_payments_see_only_their_own()
         let i = (state % 3) as usize;
         pay(&server, &tenants[i], 100 + (state % 900) as i64).await;
         paid[i] += 1;
-        tokio::time::sleep(Duration::from_millis((state % 60) as u64)).await;
+        tokio::time::sleep(Duration::from_millis(state % 60)).await;
     }
     for reader in readers {
         let (i, messages) = reader.await.unwrap();

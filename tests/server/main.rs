@@ -1,7 +1,8 @@
 //! The dashboard service of `examples/dashboard_server` over real HTTP and
 //! WebSocket on loopback, against a real PostgreSQL: JSON, Server-Sent
 //! Events, authentication, errors, live updates from committed payments,
-//! limits and several instances.
+//! limits and several instances; and the dashboard page in headless
+//! Chromium (browser.rs).
 //!
 //! Each server runs on a runtime of its own thread, as a process would:
 //! stopping it ends every task and connection it had, so a test can
@@ -33,6 +34,7 @@ mod widgets;
 mod writer;
 
 mod auth_and_errors;
+mod browser;
 mod json;
 mod live;
 
@@ -92,6 +94,11 @@ pub struct Options {
     pub schema: Option<&'static str>,
     /// A port to listen on (a restarted server's); any free one if None.
     pub port: Option<u16>,
+    /// With `schema`, a database of the test's own in the same cluster
+    /// (created when missing), for a test whose payments must reach no
+    /// other test's server: every schema's triggers notify one channel,
+    /// and a NOTIFY stays inside its database.
+    pub database: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -106,6 +113,7 @@ impl Default for Options {
             ping_every: Duration::from_secs(30),
             schema: None,
             port: None,
+            database: None,
         }
     }
 }
@@ -125,13 +133,48 @@ pub struct Server {
 pub async fn database(application: &str, options: &Options) -> Config {
     let config = match options.schema {
         None => pg::seeded(application).await,
-        Some(schema) => pg::seeded_at(&pg::database_url(), schema, 3, application).await,
+        Some(schema) => match options.database {
+            None => pg::seeded_at(&pg::database_url(), schema, 3, application).await,
+            Some(name) => own_database(name, schema, application).await,
+        },
     };
     let client = db::connect(&config).await.unwrap_or_else(|e| panic!("{e}"));
     client
         .batch_execute(include_str!("../../examples/dashboard/notify.sql"))
         .await
         .unwrap_or_else(|e| panic!("notify.sql: {}", seed::describe(&e)));
+    config
+}
+
+/// `schema` with 3 tenants in the database `name` of the test cluster,
+/// created when missing.
+async fn own_database(name: &str, schema: &str, application: &str) -> Config {
+    let url = pg::database_url();
+    let admin = db::config(&url, "public").unwrap_or_else(|e| panic!("{e}"));
+    let admin = db::connect(&admin).await.unwrap_or_else(|e| panic!("{e}"));
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap_or_else(|e| panic!("looking for database {name}: {}", seed::describe(&e)))
+        .is_some();
+    if !exists {
+        let created = admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await;
+        // Another process may have created it since we looked.
+        if let Err(e) = created
+            && e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+        {
+            panic!("creating database {name}: {}", seed::describe(&e));
+        }
+    }
+    let mut config = db::config(&url, schema).unwrap_or_else(|e| panic!("{e}"));
+    config.dbname(name);
+    let client = db::connect(&config).await.unwrap_or_else(|e| panic!("{e}"));
+    seed::ensure_seeded(&client, schema, 3, false)
+        .await
+        .unwrap_or_else(|e| panic!("seeding {name}.{schema} failed: {e}"));
+    config.application_name(application);
     config
 }
 
@@ -466,12 +509,13 @@ pub fn percent_decode(text: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
