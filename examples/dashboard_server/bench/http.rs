@@ -33,13 +33,21 @@ impl Connection {
 
     /// `GET path`, with `token` as a bearer token when given: the status
     /// and the whole body.
-    pub async fn get(&mut self, path: &str, token: Option<&str>) -> Result<(StatusCode, Bytes), String> {
-        let mut request = Request::get(path).header(header::HOST, format!("127.0.0.1:{}", self.port));
+    pub async fn get(
+        &mut self,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let mut request =
+            Request::get(path).header(header::HOST, format!("127.0.0.1:{}", self.port));
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request.body(Empty::new()).map_err(|e| e.to_string())?;
-        self.sender.ready().await.map_err(|e| format!("GET {path}: {e}"))?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
         let response = self
             .sender
             .send_request(request)

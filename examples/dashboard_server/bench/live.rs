@@ -44,12 +44,22 @@ pub struct Load {
     pub seconds: u64,
 }
 
-pub async fn run(server: &Server, writer: &mut Client, tenants: &[Tenant], load: &Load) -> Result<Report, String> {
+pub async fn run(
+    server: &Server,
+    writer: &mut Client,
+    tenants: &[Tenant],
+    load: &Load,
+) -> Result<Report, String> {
     // Every tenant looked up and its widgets cached once, as on a server
     // that has been up a while: what the connections add is theirs.
     let mut warm = Connection::open(server.port()).await?;
     for tenant in tenants {
-        let (status, _) = warm.get(&format!("/tenants/{}/dashboard", tenant.id), Some(&tenant.token)).await?;
+        let (status, _) = warm
+            .get(
+                &format!("/tenants/{}/dashboard", tenant.id),
+                Some(&tenant.token),
+            )
+            .await?;
         if !status.is_success() {
             return Err(format!("warming {}: {status}", tenant.id));
         }
@@ -62,7 +72,10 @@ pub async fn run(server: &Server, writer: &mut Client, tenants: &[Tenant], load:
     let connections = clients.len();
     // Each client past its snapshot, then the connections idle a while.
     let started = Instant::now();
-    while clients.iter().any(|(_, seen, _)| seen.lock().unwrap().is_empty()) {
+    while clients
+        .iter()
+        .any(|(_, seen, _)| seen.lock().unwrap().is_empty())
+    {
         if started.elapsed() > Duration::from_secs(30) {
             return Err("some clients had no snapshot within 30 s".to_owned());
         }
@@ -89,7 +102,8 @@ pub async fn run(server: &Server, writer: &mut Client, tenants: &[Tenant], load:
         tick.tick().await;
         let t = n % tenants.len();
         let amount = 1_000 + 500 * (n as i64 % 7);
-        let Wrote::Payment { amount_cents } = writer::pay(writer, &tenants[t].id, amount).await? else {
+        let Wrote::Payment { amount_cents } = writer::pay(writer, &tenants[t].id, amount).await?
+        else {
             return Err(format!("{} has no open invoice left to pay", tenants[t].id));
         };
         revenue[t] += amount_cents;
@@ -154,7 +168,12 @@ async fn open(
             Ok::<_, String>((t, seen, reader))
         }
     });
-    connecting.buffer_unordered(64).collect::<Vec<_>>().await.into_iter().collect()
+    connecting
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -179,4 +198,3 @@ fn total_revenue(text: &str) -> Option<i64> {
         .value
         .as_i64()
 }
-

@@ -26,7 +26,8 @@ impl Server {
     /// Starts a server on `port` against the database at `url` with
     /// `flags` besides the port and secret, and waits until it answers.
     pub async fn start(url: &str, port: u16, flags: &[&str]) -> Result<Self, String> {
-        let program = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let program =
+            std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
         std::fs::create_dir_all("target").map_err(|e| format!("cannot create target/: {e}"))?;
         let log = File::options()
             .create(true)
@@ -58,10 +59,14 @@ impl Server {
                 return Ok(server);
             }
             if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(format!("the server on port {port} exited ({status}); see {LOG}"));
+                return Err(format!(
+                    "the server on port {port} exited ({status}); see {LOG}"
+                ));
             }
             if started.elapsed() > Duration::from_secs(120) {
-                return Err(format!("the server on port {port} did not answer within 120 s; see {LOG}"));
+                return Err(format!(
+                    "the server on port {port} did not answer within 120 s; see {LOG}"
+                ));
             }
             sleep(Duration::from_millis(100)).await;
         }
@@ -86,14 +91,20 @@ impl Server {
     /// Widget queries the server has run against the database so far:
     /// the sum of its `fanout_query_outcomes_total{outcome="fresh"}`.
     pub async fn fresh_queries(&self) -> Result<f64, String> {
-        let (status, body) = Connection::open(self.port).await?.get("/metrics", None).await?;
+        let (status, body) = Connection::open(self.port)
+            .await?
+            .get("/metrics", None)
+            .await?;
         if !status.is_success() {
             return Err(format!("GET /metrics answered {status}"));
         }
         let text = String::from_utf8_lossy(&body);
         Ok(text
             .lines()
-            .filter(|line| line.starts_with("fanout_query_outcomes_total{") && line.contains("outcome=\"fresh\""))
+            .filter(|line| {
+                line.starts_with("fanout_query_outcomes_total{")
+                    && line.contains("outcome=\"fresh\"")
+            })
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
     }
