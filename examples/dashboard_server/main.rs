@@ -63,6 +63,7 @@ use std::time::Duration;
 use fanout::TenantId;
 use fanout::cache::{CachePolicy, QueryCache};
 use fanout::live::ChangeFeed;
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::net::TcpListener;
 
@@ -248,6 +249,14 @@ async fn serve(args: Args) -> Result<(), String> {
     println!(
         "  curl -s -H \"Authorization: Bearer $(cat {TOKEN_FILE})\" {base}/tenants/{tenant}/dashboard"
     );
+    // Each live message is written as soon as it is ready: with Nagle's
+    // algorithm, a widget update sent right behind an event waits for the
+    // client's (delayed, up to 40 ms) acknowledgement of the event.
+    let listener = listener.tap_io(|socket| {
+        if let Err(error) = socket.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app::router(state))
         .await
         .map_err(|e| format!("serving: {e}"))
