@@ -60,10 +60,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use fanout::TenantId;
 use fanout::cache::{CachePolicy, QueryCache};
 use fanout::live::ChangeFeed;
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::net::TcpListener;
 
