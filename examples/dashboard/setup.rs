@@ -52,6 +52,9 @@ pub fn run_main(
 /// long as this value.
 pub struct Database {
     pub config: Config,
+    /// The server's URL, for a child process to connect to.
+    #[allow(dead_code)] // only dashboard_server --bench hands it on
+    pub url: String,
     _server: Option<Postgres>,
 }
 
@@ -74,6 +77,7 @@ pub async fn database(schema: &str, tenants: u32) -> Result<Database, String> {
     seed::ensure_seeded(&client, schema, tenants, true).await?;
     Ok(Database {
         config,
+        url,
         _server: server,
     })
 }

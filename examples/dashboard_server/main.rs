@@ -12,6 +12,14 @@
 //! curl -sN "localhost:3000/tenants/tenant-0001/live/events?access_token=$TOKEN"
 //! ```
 //!
+//! `--bench` measures the service from outside (see `bench/mod.rs`): it
+//! runs servers as child processes of this binary and drives them with
+//! 1000 WebSocket clients and closed-loop JSON clients.
+//!
+//! ```sh
+//! cargo run --release --example dashboard_server --features metrics -- --bench
+//! ```
+//!
 //! With `DATABASE_URL` set it uses that database (in the schema
 //! `fanout_demo`, seeded once); otherwise it starts a throw-away PostgreSQL
 //! from the server binaries installed on this machine and removes it on
@@ -21,6 +29,7 @@
 
 mod app;
 mod auth;
+mod bench;
 #[path = "../dashboard/db.rs"]
 mod db;
 mod error;
@@ -35,6 +44,9 @@ mod seed;
 mod setup;
 #[path = "../dashboard/sql.rs"]
 mod sql;
+#[allow(dead_code)] // shared with the other examples' benches
+#[path = "../dashboard/stats.rs"]
+mod stats;
 #[allow(dead_code)] // shared with the dashboard example and the tests
 #[path = "../dashboard/widgets.rs"]
 mod widgets;
@@ -48,6 +60,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use fanout::TenantId;
 use fanout::cache::{CachePolicy, QueryCache};
 use fanout::live::ChangeFeed;
@@ -94,6 +107,9 @@ options:
   --timeout MS           each query's timeout (default 2000)
   --deadline MS          the whole dashboard's deadline, the most ?deadline_ms= gets (default 3000)
   --pool N               connections in the pool, and permits of the shared fair limiter (default 10)
+  --bench                measure instead of serving: live WebSocket latency, memory and
+                         queries per payment with 1000 and 100 connections, and the JSON
+                         route with and without the cache (servers on --port and --port + 1)
   -h, --help             this text
 
 widgets: total_revenue, outstanding, child_count, invoice_stats, recent_payments, arrears";
@@ -112,6 +128,7 @@ struct Args {
     timeout_ms: u64,
     deadline_ms: u64,
     pool: usize,
+    bench: bool,
 }
 
 fn main() -> ExitCode {
@@ -126,6 +143,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.bench {
+        // Ctrl-C kills the bench's servers and removes its database.
+        return setup::run_main(
+            "dashboard_server --bench",
+            tracing::Level::ERROR,
+            bench::run(args.port),
+            || Ok(()),
+        );
+    }
     // Ctrl-C stops the server, and with it a throw-away PostgreSQL.
     setup::run_main(
         "dashboard_server",
@@ -223,6 +249,14 @@ async fn serve(args: Args) -> Result<(), String> {
     println!(
         "  curl -s -H \"Authorization: Bearer $(cat {TOKEN_FILE})\" {base}/tenants/{tenant}/dashboard"
     );
+    // Each live message is written as soon as it is ready: with Nagle's
+    // algorithm, a widget update sent right behind an event waits for the
+    // client's (delayed, up to 40 ms) acknowledgement of the event.
+    let listener = listener.tap_io(|socket| {
+        if let Err(error) = socket.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app::router(state))
         .await
         .map_err(|e| format!("serving: {e}"))
@@ -317,8 +351,16 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Option<Ar
         timeout_ms: 2000,
         deadline_ms: 3000,
         pool: 10,
+        bench: false,
     };
+    // Flags other than --port and --bench, which --bench does not take.
+    let mut serving = None;
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        if let Long(flag) = arg
+            && !matches!(flag, "port" | "bench" | "help")
+        {
+            serving = Some(format!("--{flag}"));
+        }
         match arg {
             Long("port") => parsed.port = positive(&mut parser, "--port")?,
             Long("jwt-secret") => parsed.jwt_secret = Some(text(&mut parser, "--jwt-secret")?),
@@ -342,9 +384,15 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Option<Ar
             Long("timeout") => parsed.timeout_ms = positive(&mut parser, "--timeout")?,
             Long("deadline") => parsed.deadline_ms = positive(&mut parser, "--deadline")?,
             Long("pool") => parsed.pool = positive(&mut parser, "--pool")?,
+            Long("bench") => parsed.bench = true,
             Short('h') | Long("help") => return Ok(None),
             other => return Err(format!("{}; see --help", other.unexpected())),
         }
+    }
+    if let Some(flag) = serving.filter(|_| parsed.bench) {
+        return Err(format!(
+            "--bench starts its own servers and takes only --port, not {flag}"
+        ));
     }
     if let Some(both) = parsed.slow.intersection(&parsed.broken).next() {
         return Err(format!(
