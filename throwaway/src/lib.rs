@@ -12,7 +12,7 @@
 //! group of its own whose standard input is a pipe from its owner. When
 //! the owner drops the value, or exits in any way (a failed test, a panic,
 //! `SIGKILL`), the kernel closes the pipe, and the watchdog stops the
-//! server and deletes its temp dir. A statics's destructor never runs at
+//! server and deletes its temp dir. A static's destructor never runs at
 //! exit, and no destructor runs on `SIGKILL`; a closed pipe always comes.
 //!
 //! Nothing is installed here: when the server binaries are missing, the
