@@ -439,7 +439,9 @@ impl Client {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();
-        tokio::spawn(connection);
+        // Each request has a connection of its own, closed when it is read:
+        // an idle connection kept open would hold a server task.
+        let driver = tokio::spawn(connection);
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -478,6 +480,8 @@ impl Client {
                 chunks.push((Instant::now(), data));
             }
         }
+        drop(body);
+        driver.abort();
         Response {
             status,
             content_type,
