@@ -85,6 +85,27 @@ impl DashboardQuery for Probe {
     }
 }
 
+/// Live dashboards of one widget, `outstanding`, cached for 10 min in a
+/// cache they invalidate on every change; and the registry and cache.
+#[cfg(feature = "cache")]
+fn cached_live(db: &Db) -> (Live, WidgetRegistry, fanout::cache::QueryCache) {
+    use fanout::cache::{CachePolicy, Cached, QueryCache};
+    let cache = QueryCache::new(100);
+    let mut registry = WidgetRegistry::new();
+    let probe = Probe {
+        name: "outstanding",
+        db: db.clone(),
+    };
+    let policy = CachePolicy::ttl(Duration::from_secs(600));
+    registry
+        .register(Cached::new(probe, &cache, policy))
+        .unwrap();
+    let live = Live::builder(FanOut::new(), registry.clone())
+        .cache(cache.clone())
+        .build();
+    (live, registry, cache)
+}
+
 const WIDGETS: [&str; 3] = ["outstanding", "recent_payments", "total_revenue"];
 
 fn live_with(
@@ -597,24 +618,8 @@ async fn updates_serialize_as_typed_json() {
 #[cfg(feature = "cache")]
 #[tokio::test(start_paused = true)]
 async fn a_refresh_invalidates_the_tenant_in_the_cache() {
-    use fanout::cache::{CachePolicy, Cached, QueryCache};
     let db = Db::default();
-    let cache = QueryCache::new(100);
-    let mut registry = WidgetRegistry::new();
-    let probe = Probe {
-        name: "outstanding",
-        db: db.clone(),
-    };
-    registry
-        .register(Cached::new(
-            probe,
-            &cache,
-            CachePolicy::ttl(Duration::from_secs(600)),
-        ))
-        .unwrap();
-    let live = Live::builder(FanOut::new(), registry)
-        .cache(cache.clone())
-        .build();
+    let (live, _, cache) = cached_live(&db);
     let t = tenant("t1");
     let mut page = live.subscribe(&t, ["outstanding"]).unwrap();
     page.next().await;
@@ -732,24 +737,8 @@ mod isolation {
 #[cfg(feature = "cache")]
 #[tokio::test(start_paused = true)]
 async fn a_change_invalidates_the_cache_at_once_even_for_a_tenant_nobody_watches() {
-    use fanout::cache::{CachePolicy, Cached, QueryCache};
     let db = Db::default();
-    let cache = QueryCache::new(100);
-    let mut registry = WidgetRegistry::new();
-    let probe = Probe {
-        name: "outstanding",
-        db: db.clone(),
-    };
-    registry
-        .register(Cached::new(
-            probe,
-            &cache,
-            CachePolicy::ttl(Duration::from_secs(600)),
-        ))
-        .unwrap();
-    let live = Live::builder(FanOut::new(), registry.clone())
-        .cache(cache.clone())
-        .build();
+    let (live, registry, _) = cached_live(&db);
     let t = tenant("t1");
     let read = || async {
         let outcomes = FanOut::new()
@@ -766,10 +755,10 @@ async fn a_change_invalidates_the_cache_at_once_even_for_a_tenant_nobody_watches
 }
 
 mod failure_paths {
-    //! What an adversarial review found: a panicking fallback, a widget
-    //! re-watched during its refresh, slow and fast refreshes mixed, a
-    //! change to a tenant nobody watched, versions of another tenant or
-    //! widget list.
+    //! Where an adversarial review broke an earlier version: a panicking
+    //! fallback, a widget re-watched during its refresh, slow and fast
+    //! refreshes mixed, a change to a tenant nobody watched, versions of
+    //! another tenant or widget list.
     use super::*;
 
     /// Reads its value when it starts (as an SQL statement's snapshot
@@ -804,9 +793,9 @@ mod failure_paths {
         }
     }
 
-    /// 1. The throttle spaces refresh *starts*, but updates are pushed at
-    /// refresh *ends*: a slow refresh followed by fast ones pushes two
-    /// updates 10 ms apart and 11 in one second.
+    /// Updates are pushed when refreshes end, so the throttle counts from
+    /// a refresh's end: a slow refresh followed by fast ones still pushes
+    /// at most 10 updates in any second.
     #[tokio::test(start_paused = true)]
     async fn throttle_limits_pushes_not_only_refresh_starts() {
         let db = Db::default();
@@ -846,10 +835,9 @@ mod failure_paths {
         }
     }
 
-    /// 2. A widget's slot removed and re-created while a run of it is in
-    /// flight takes that run's (pre-change) result as its first value;
-    /// the change notified in between was ignored (no slot then) and is
-    /// never refreshed: the new subscriber keeps a stale value forever.
+    /// A widget unwatched and watched again while a run of it is in flight
+    /// ignores that run's (pre-change) result and loads afresh, so the
+    /// new subscriber ends at the current value.
     #[tokio::test(start_paused = true)]
     async fn a_widget_watched_again_during_its_refresh_still_converges() {
         let db = Db::default();
@@ -902,11 +890,9 @@ mod failure_paths {
         }
     }
 
-    /// 3. A panic in the driver (here a fallback that panics, which
-    /// FanOut::run documents as resumed) kills the tenant's driver
-    /// silently: every subscriber of the tenant, on any widget, stops
-    /// receiving updates, new ones never get a snapshot, and the room
-    /// stays until all of them leave.
+    /// A run that panics (a fallback that panics, which FanOut::run
+    /// resumes) does not end the tenant's driver: the other widgets'
+    /// subscribers keep getting updates.
     #[tokio::test(start_paused = true)]
     async fn a_panicking_fallback_does_not_stop_the_tenants_other_widgets() {
         let db = Db::default();
@@ -933,9 +919,9 @@ mod failure_paths {
         );
     }
 
-    /// 4. A version is not tied to the tenant or the widget set it was
-    /// seen with: resuming with it on a wider set (or another tenant)
-    /// skips the widgets the client never received.
+    /// A version is tied to the tenant and widget list it was seen with:
+    /// resuming it on a wider list (or another tenant) gets a snapshot,
+    /// not a skip of the widgets the client never received.
     #[tokio::test(start_paused = true)]
     async fn resuming_a_wider_widget_list_gets_what_it_never_saw() {
         let db = Db::default();
@@ -987,31 +973,14 @@ mod failure_paths {
         );
     }
 
-    /// 5. With a cache, a notification is only turned into an
-    /// invalidation when a refresh runs: a notify for a tenant with no
-    /// subscribers, or one consumed by a first load, invalidates nothing,
-    /// and the next snapshot is the stale cached value (for up to the TTL).
+    /// With a cache, a change to a tenant nobody watches still invalidates
+    /// it: the next subscriber's snapshot is the new value, not the cached
+    /// one.
     #[cfg(feature = "cache")]
     #[tokio::test(start_paused = true)]
     async fn a_change_while_nobody_watches_still_invalidates_the_cache() {
-        use fanout::cache::{CachePolicy, Cached, QueryCache};
         let db = Db::default();
-        let cache = QueryCache::new(100);
-        let mut registry = WidgetRegistry::new();
-        let probe = Probe {
-            name: "outstanding",
-            db: db.clone(),
-        };
-        registry
-            .register(Cached::new(
-                probe,
-                &cache,
-                CachePolicy::ttl(Duration::from_secs(600)),
-            ))
-            .unwrap();
-        let live = Live::builder(FanOut::new(), registry)
-            .cache(cache.clone())
-            .build();
+        let (live, _, _) = cached_live(&db);
         let t = tenant("t1");
         let mut page = live.subscribe(&t, ["outstanding"]).unwrap();
         page.next().await; // 0, now cached
